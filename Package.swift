@@ -1,0 +1,52 @@
+// swift-tools-version: 6.1
+//
+// uiommufd — the Linux iommufd system (/dev/iommu) in user space.
+//
+// Layers (dependencies point down only; see README "Architecture"):
+//   uiommufd (CLI) → UIOMMUCommands → IOMMUFD (public Swift API) → IOMMUEngine
+//   → IOMMUHardware → ProcessMemory → UIOMMUBase
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+let package = Package(
+    name: "uiommufd",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "IOMMUFD", targets: ["IOMMUFD"]),
+        .executable(name: "uiommufd", targets: ["uiommufd"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // Linux errno, checked IOVA arithmetic, failure injection. No syscalls.
+        .target(name: "UIOMMUBase", swiftSettings: strict),
+        // How the engine reaches user memory: this process, or a simulated one.
+        .target(name: "ProcessMemory", dependencies: ["UIOMMUBase"], swiftSettings: strict),
+        // Simulated machines: IOMMU units, page-table formats, IOTLB, PCI topology, groups.
+        .target(name: "IOMMUHardware", dependencies: ["UIOMMUBase", "ProcessMemory"], swiftSettings: strict),
+        // The iommufd object model. Makes no syscalls.
+        .target(name: "IOMMUEngine", dependencies: ["UIOMMUBase", "ProcessMemory", "IOMMUHardware"],
+                swiftSettings: strict),
+        // Public typed Swift API over a back end (the engine today; the kernel later).
+        .target(name: "IOMMUFD", dependencies: ["UIOMMUBase", "ProcessMemory", "IOMMUHardware", "IOMMUEngine"],
+                swiftSettings: strict),
+        // The CLI's command tree, as a library so tests can drive it end to end.
+        .target(name: "UIOMMUCommands", dependencies: [
+            "IOMMUFD",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], swiftSettings: strict),
+        .executableTarget(name: "uiommufd", dependencies: ["UIOMMUCommands"], swiftSettings: strict),
+
+        .testTarget(name: "BaseTests", dependencies: ["UIOMMUBase", "ProcessMemory"]),
+        .testTarget(name: "HardwareTests", dependencies: ["IOMMUHardware", "ProcessMemory", "UIOMMUBase"]),
+        .testTarget(name: "EngineTests", dependencies: ["IOMMUEngine", "IOMMUHardware", "ProcessMemory", "UIOMMUBase"]),
+        .testTarget(name: "IOMMUFDTests", dependencies: ["IOMMUFD"]),
+        .testTarget(name: "CommandTests", dependencies: ["UIOMMUCommands"]),
+    ],
+    swiftLanguageModes: [.v6]
+)
