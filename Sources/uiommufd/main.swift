@@ -1,1 +1,3 @@
-print("uiommufd")
+import UIOMMUCommands
+
+RootCommand.main()

@@ -79,8 +79,16 @@ public protocol IOPageTable: AnyObject {
     func readAndClearDirty(iova: UInt64, length: UInt64, clear: Bool,
                            visit: (UInt64, UInt64) -> Void)
 
+    /// Sets the dirty bit of the leaf mapping `iova`, whatever its permissions and whether or
+    /// not tracking is enabled (the selftest's dirty injection). False if `iova` is unmapped.
+    @discardableResult
+    func markDirty(iova: UInt64) -> Bool
+
     /// Bytes of memory used by the tables themselves.
     var tableMemoryBytes: Int { get }
+
+    /// Bytes of IOVA currently mapped (the sum of all leaf sizes).
+    var mappedBytes: UInt64 { get }
 }
 
 public extension IOPageTable {

@@ -1,0 +1,256 @@
+// DEVICE objects: a device bound to a context, and attach / replace / detach.
+//
+// Binding (VFIO_DEVICE_BIND_IOMMUFD) claims the device's group for this context, which puts
+// every device of the group into the DMA-blocked state. Attaching works per group, as the
+// hardware does: the first device of a group to attach programs the whole group's context
+// entries; the others of the group must attach to the same HWPT (EINVAL otherwise).
+//
+// Attaching to an IOAS picks a domain: an existing automatic domain of that IOAS if it is
+// compatible with the device's IOMMU (format, aperture, cache-coherency enforcement, dirty
+// tracking), otherwise a new one. An attach also reserves the device IOMMU's reserved regions
+// (MSI window, RMRR) in the IOAS: if one is already mapped, the attach fails with EADDRINUSE
+// and changes nothing (seed 003).
+
+public import UIOMMUBase
+public import IOMMUHardware
+
+final class BoundDevice: EngineObject {
+    let device: PlatformDevice
+    /// The binding driver holds the object until unbind, so DESTROY gives EBUSY.
+    var boundByDriver = true
+    var hwpt: HWPTPaging?
+
+    init(device: PlatformDevice) {
+        self.device = device
+        super.init(kind: .device)
+        holders = 1
+    }
+
+    var unit: IOMMUUnit { device.unit }
+    var spec: PlatformDevice { device }
+    var group: Int { device.group }
+    /// IOMMU_CAP_ENFORCE_CACHE_COHERENCY of the device's IOMMU.
+    var enforcesCacheCoherency: Bool { device.unit.spec.enforcesCacheCoherency }
+
+    override func teardown(_ context: IOMMUFDContext) {
+        if hwpt != nil { context.detachLocked(self) }
+        context.platform.release(device, owner: ObjectIdentifier(context))
+    }
+
+    override var summary: String {
+        "\(device.spec.name) \(device.spec.address)" + (hwpt.map { ", attached to HWPT \($0.id)" } ?? "")
+    }
+}
+
+extension IOMMUFDContext {
+    func device(_ id: UInt32) throws(IOMMUError) -> BoundDevice {
+        try lookup(id, as: BoundDevice.self, "device")
+    }
+
+    /// Binds a device to this context (VFIO_DEVICE_BIND_IOMMUFD) and returns its DEVICE ID.
+    public func bind(_ device: PlatformDevice) throws(IOMMUError) -> UInt32 {
+        do {
+            return try lock.withLock { () throws(IOMMUError) -> UInt32 in
+                try checkOpen()
+                try failures.check("device.bind")
+                try platform.claim(device, owner: ObjectIdentifier(self))
+                let bound = BoundDevice(device: device)
+                do {
+                    return try install(bound)
+                } catch {
+                    platform.release(device, owner: ObjectIdentifier(self))
+                    throw error
+                }
+            }
+        } catch {
+            throw error.during("BIND")
+        }
+    }
+
+    /// Unbinds a device (the VFIO device fd closes): detaches it and destroys the DEVICE.
+    public func unbind(device deviceID: UInt32) throws(IOMMUError) {
+        try lock.withLock { () throws(IOMMUError) in
+            try checkOpen()
+            let device = try self.device(deviceID)
+            guard device.boundByDriver else { throw IOMMUError(.ENOENT, "device \(deviceID) is not bound") }
+            device.boundByDriver = false
+            device.holders -= 1
+            if device.holders == 0 { remove(device) }
+        }
+    }
+
+    /// Attaches a device to an IOAS (automatic domain) or a paging HWPT, replacing the current
+    /// attachment atomically if there is one. Returns the HWPT ID now in use.
+    public func attach(device deviceID: UInt32, to ptID: UInt32) throws(IOMMUError) -> UInt32 {
+        do {
+            return try lock.withLock { () throws(IOMMUError) -> UInt32 in
+                try checkOpen()
+                let device = try self.device(deviceID)
+                guard let object = table.get(ptID) else { throw IOMMUError(.ENOENT, "no object \(ptID)") }
+                let hwpt: HWPTPaging
+                switch object {
+                case let ioas as IOAS:
+                    hwpt = try autoDomain(for: device, ioas: ioas)
+                case let paging as HWPTPaging:
+                    try change(device, to: paging)
+                    hwpt = paging
+                default:
+                    throw IOMMUError(.EINVAL, "\(object.kind) \(ptID) cannot be attached to")
+                }
+                return hwpt.id
+            }
+        } catch {
+            throw error.during("ATTACH")
+        }
+    }
+
+    /// Detaches a device back to the blocking state (VFIO_DEVICE_DETACH_IOMMUFD_PT).
+    public func detach(device deviceID: UInt32) throws(IOMMUError) {
+        try lock.withLock { () throws(IOMMUError) in
+            try checkOpen()
+            let device = try self.device(deviceID)
+            guard device.hwpt != nil else { throw IOMMUError(.EINVAL, "device \(deviceID) is not attached") }
+            detachLocked(device)
+        }
+    }
+
+    /// The HWPT a device is attached to, if any.
+    public func attachedHWPT(device deviceID: UInt32) throws(IOMMUError) -> UInt32? {
+        try lock.withLock { () throws(IOMMUError) -> UInt32? in
+            try checkOpen()
+            return try self.device(deviceID).hwpt?.id
+        }
+    }
+
+    /// IOMMU_GET_HW_INFO.
+    public func hwInfo(device deviceID: UInt32) throws(IOMMUError) -> HWInfo {
+        try lock.withLock { () throws(IOMMUError) -> HWInfo in
+            try checkOpen()
+            let device = try self.device(deviceID)
+            let spec = device.unit.spec
+            var caps: UInt64 = 0
+            if device.device.dirtyCapable { caps |= 1 }
+            let pasidWidth = min(spec.pasidWidth, device.device.spec.pasidWidth)
+            return HWInfo(kind: spec.kind, capabilities: caps, maxPASIDLog2: UInt8(clamping: pasidWidth), unit: spec)
+        }
+    }
+
+    // MARK: Internals (lock held)
+
+    /// Devices of this context in the same group as `device`, attached somewhere.
+    private func attachedGroupPeers(of device: BoundDevice) -> [BoundDevice] {
+        table.objects.values.compactMap { $0 as? BoundDevice }
+            .filter { $0.group == device.group && $0.hwpt != nil && $0 !== device }
+    }
+
+    /// EINVAL unless `device` can use `hwpt`'s domain.
+    private func checkCompatible(_ device: BoundDevice, _ hwpt: HWPTPaging) throws(IOMMUError) {
+        if let error = hwpt.domain.attachError(to: device.unit.spec) { throw error }
+        if hwpt.flags.contains(.dirtyTracking) && !device.device.dirtyCapable {
+            throw IOMMUError(.EINVAL, "\(device.device.spec.name) cannot track dirty pages")
+        }
+        // A device whose IOMMU enforces coherency upgrades the domain, if it still can: while
+        // it has no mappings and every device using it sits behind a snooping IOMMU.
+        if device.enforcesCacheCoherency && !hwpt.domain.enforcesCacheCoherency {
+            let users = table.objects.values.compactMap { $0 as? BoundDevice }.filter { $0.hwpt === hwpt }
+            guard users.allSatisfy({ $0.enforcesCacheCoherency }), hwpt.domain.enforceCacheCoherency() else {
+                throw IOMMUError(.EINVAL, "domain #\(hwpt.domain.id) cannot enforce cache coherency")
+            }
+        }
+    }
+
+    /// Reserves `device`'s IOMMU reserved regions in `iopt` (owner: the device). All or nothing.
+    private func reserveRegions(of device: BoundDevice, in iopt: IOPagetable) throws(IOMMUError) {
+        let owner = ReservationOwner.device(ObjectIdentifier(device))
+        do {
+            for region in device.unit.spec.reservedRegions {
+                try iopt.reserve(region.range, owner: owner, failures: failures)
+            }
+        } catch {
+            iopt.removeReservations(owner: owner)
+            throw error
+        }
+    }
+
+    private func programGroup(_ device: BoundDevice, domain: IOMMUDomain?) {
+        for member in platform.groupMembers(device.group) {
+            member.unit.setContext(requester: member.spec.address, pasid: nil, domain: domain)
+        }
+    }
+
+    /// Attaches (or replaces) `device` to `hwpt`. All or nothing.
+    func change(_ device: BoundDevice, to hwpt: HWPTPaging) throws(IOMMUError) {
+        if device.hwpt === hwpt { return }
+        let peers = attachedGroupPeers(of: device)
+        if device.hwpt == nil, let peer = peers.first, peer.hwpt !== hwpt {
+            // Group members share one attachment; a new member cannot go elsewhere.
+            throw IOMMUError(.EINVAL, "group \(device.group) is attached to HWPT \(peer.hwpt!.id)")
+        }
+        try checkCompatible(device, hwpt)
+        // A replace moves the whole group; a first attach moves only this device.
+        let moving = device.hwpt == nil ? [device] : [device] + peers
+        // Reserve in the new IOAS first, so a collision leaves everything as it was.
+        var reserved: [BoundDevice] = []
+        for d in moving where d.hwpt?.ioas !== hwpt.ioas {
+            do {
+                try reserveRegions(of: d, in: hwpt.ioas.iopt)
+            } catch {
+                for r in reserved { hwpt.ioas.iopt.removeReservations(owner: .device(ObjectIdentifier(r))) }
+                throw error
+            }
+            reserved.append(d)
+        }
+        // Nothing can fail from here on: switch the hardware, then the bookkeeping.
+        programGroup(device, domain: hwpt.domain)
+        var previous: [HWPTPaging] = []
+        for d in moving {
+            if let old = d.hwpt {
+                old.holders -= 1
+                if old.ioas !== hwpt.ioas {
+                    old.ioas.iopt.removeReservations(owner: .device(ObjectIdentifier(d)))
+                }
+                if !previous.contains(where: { $0 === old }) { previous.append(old) }
+            }
+            d.hwpt = hwpt
+            hwpt.holders += 1
+        }
+        for old in previous { destroyIfUnusedAuto(old) }
+    }
+
+    func detachLocked(_ device: BoundDevice) {
+        guard let hwpt = device.hwpt else { return }
+        device.hwpt = nil
+        hwpt.holders -= 1
+        hwpt.ioas.iopt.removeReservations(owner: .device(ObjectIdentifier(device)))
+        if attachedGroupPeers(of: device).isEmpty { programGroup(device, domain: nil) }
+        destroyIfUnusedAuto(hwpt)
+    }
+
+    private func destroyIfUnusedAuto(_ hwpt: HWPTPaging) {
+        if hwpt.autoDomain && hwpt.holders == 0 && table.get(hwpt.id) === hwpt { remove(hwpt) }
+    }
+
+    /// iommufd_device_auto_get_domain: reuse a compatible automatic domain of `ioas`, or make one.
+    private func autoDomain(for device: BoundDevice, ioas: IOAS) throws(IOMMUError) -> HWPTPaging {
+        for hwpt in ioas.iopt.domains where hwpt.autoDomain {
+            do {
+                try change(device, to: hwpt)
+                return hwpt
+            } catch where error.errno == .EINVAL {
+                continue   // incompatible: try the next one
+            }
+        }
+        let hwpt = try makeHWPTPaging(for: device, ioas: ioas, flags: [], autoDomain: true)
+        do {
+            _ = try install(hwpt)
+            try change(device, to: hwpt)
+        } catch {
+            if table.get(hwpt.id) === hwpt { remove(hwpt) } else {
+                ioas.iopt.removeDomain(hwpt)
+                ioas.holders -= 1
+            }
+            throw error
+        }
+        return hwpt
+    }
+}

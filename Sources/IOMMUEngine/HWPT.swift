@@ -1,0 +1,200 @@
+// HWPT_PAGING: a hardware page table (an IOMMU domain) that mirrors an IOAS.
+//
+// Two ways in: automatically, when a device attaches to an IOAS (one domain per IOAS per
+// compatible IOMMU, reused by later devices when compatible, freed with its last device); or
+// explicitly with IOMMU_HWPT_ALLOC (kept until DESTROY). Either way the HWPT holds its IOAS,
+// and every attached device holds the HWPT.
+
+public import UIOMMUBase
+public import IOMMUHardware
+
+/// IOMMU_HWPT_ALLOC flags.
+public struct HWPTAllocFlags: OptionSet, Hashable, Sendable {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    public static let nestParent = HWPTAllocFlags(rawValue: 1 << 0)
+    public static let dirtyTracking = HWPTAllocFlags(rawValue: 1 << 1)
+    public static let faultIDValid = HWPTAllocFlags(rawValue: 1 << 2)
+    public static let pasid = HWPTAllocFlags(rawValue: 1 << 3)
+}
+
+final class HWPTPaging: EngineObject {
+    let ioas: IOAS
+    let domain: IOMMUDomain
+    let flags: HWPTAllocFlags
+    /// Created by an attach to an IOAS; destroyed when its last device detaches.
+    let autoDomain: Bool
+    /// Devices (groups) attached through this HWPT.
+    var attachedGroups = 0
+
+    init(ioas: IOAS, domain: IOMMUDomain, flags: HWPTAllocFlags, autoDomain: Bool) {
+        self.ioas = ioas; self.domain = domain; self.flags = flags; self.autoDomain = autoDomain
+        super.init(kind: .hwptPaging)
+    }
+
+    override func teardown(_ context: IOMMUFDContext) {
+        ioas.iopt.removeDomain(self)
+        ioas.holders -= 1
+    }
+
+    override var summary: String {
+        "\(domain.format.rawValue) domain #\(domain.id) of IOAS \(ioas.id)"
+            + (autoDomain ? ", auto" : "") + (domain.enforcesCacheCoherency ? ", coherent" : "")
+    }
+}
+
+/// What IOMMU_GET_HW_INFO reports for a device.
+public struct HWInfo: Hashable, Sendable {
+    public var kind: IOMMUKind
+    /// IOMMU_HW_CAP_* bits (DIRTY_TRACKING = 1, PCI_PASID_EXEC = 2, PCI_PASID_PRIV = 4).
+    public var capabilities: UInt64
+    /// log2 of the number of PASIDs the device can use (0: none).
+    public var maxPASIDLog2: UInt8
+    public var unit: IOMMUUnitSpec
+}
+
+extension IOMMUFDContext {
+    func hwptPaging(_ id: UInt32) throws(IOMMUError) -> HWPTPaging {
+        try lookup(id, as: HWPTPaging.self, "paging HWPT")
+    }
+
+    /// Creates a domain for `device`'s IOMMU and adds it to `ioas` (filling it with every area).
+    func makeHWPTPaging(for device: BoundDevice, ioas: IOAS, flags: HWPTAllocFlags,
+                        autoDomain: Bool) throws(IOMMUError) -> HWPTPaging {
+        let unit = device.unit.spec
+        let known: HWPTAllocFlags = [.nestParent, .dirtyTracking, .faultIDValid, .pasid]
+        guard flags.isSubset(of: known) else { throw IOMMUError(.EOPNOTSUPP, "unknown HWPT flags") }
+        if flags.contains(.nestParent) && !unit.nesting {
+            throw IOMMUError(.EOPNOTSUPP, "\(unit.name) cannot be a nesting parent")
+        }
+        if flags.contains(.dirtyTracking) && !unit.dirtyTracking {
+            throw IOMMUError(.EOPNOTSUPP, "\(unit.name) has no dirty tracking")
+        }
+        if flags.contains(.faultIDValid) {
+            throw IOMMUError(.EOPNOTSUPP, "fault queues on paging HWPTs are not supported")
+        }
+        try failures.check("domain.alloc")
+        let domain = try IOMMUDomain(
+            unit: unit,
+            options: IOMMUDomain.Options(enforceCacheCoherency: device.enforcesCacheCoherency,
+                                         dirtyTrackingCapable: flags.contains(.dirtyTracking),
+                                         nestParent: flags.contains(.nestParent),
+                                         allowHugeIOVA: device.spec.allowsHugeIOVA),
+            failures: failures)
+        let hwpt = HWPTPaging(ioas: ioas, domain: domain, flags: flags, autoDomain: autoDomain)
+        try ioas.iopt.addDomain(hwpt, failures: failures)
+        ioas.holders += 1
+        return hwpt
+    }
+
+    /// IOMMU_HWPT_ALLOC of a paging HWPT on `ioas` for `device`'s IOMMU.
+    public func allocHWPT(device deviceID: UInt32, ioas ioasID: UInt32,
+                          flags: HWPTAllocFlags = []) throws(IOMMUError) -> UInt32 {
+        do {
+            return try lock.withLock { () throws(IOMMUError) -> UInt32 in
+                try checkOpen()
+                let device = try self.device(deviceID)
+                guard let object = table.get(ioasID) else { throw IOMMUError(.ENOENT, "no object \(ioasID)") }
+                guard let ioas = object as? IOAS else {
+                    if object is HWPTPaging {
+                        throw IOMMUError(.EOPNOTSUPP, "nested HWPTs are not supported")
+                    }
+                    throw IOMMUError(.EINVAL, "pt_id \(ioasID) is not an IOAS")
+                }
+                let hwpt = try makeHWPTPaging(for: device, ioas: ioas, flags: flags, autoDomain: false)
+                do {
+                    return try install(hwpt)
+                } catch {
+                    ioas.iopt.removeDomain(hwpt)
+                    ioas.holders -= 1
+                    throw error
+                }
+            }
+        } catch {
+            throw error.during("HWPT_ALLOC")
+        }
+    }
+
+    /// IOMMU_HWPT_SET_DIRTY_TRACKING. Enabling first clears stale dirty bits.
+    public func setDirtyTracking(hwpt hwptID: UInt32, enabled: Bool) throws(IOMMUError) {
+        do {
+            try lock.withLock { () throws(IOMMUError) in
+                try checkOpen()
+                let hwpt = try hwptPaging(hwptID)
+                guard hwpt.flags.contains(.dirtyTracking) else {
+                    throw IOMMUError(.EINVAL, "HWPT was not allocated with DIRTY_TRACKING")
+                }
+                if enabled && !hwpt.domain.dirtyTrackingEnabled {
+                    hwpt.domain.readAndClearDirty(iova: 0, length: .max, clear: true) { _, _ in }
+                }
+                try hwpt.domain.setDirtyTracking(enabled)
+            }
+        } catch {
+            throw error.during("HWPT_SET_DIRTY_TRACKING")
+        }
+    }
+
+    /// IOMMU_HWPT_GET_DIRTY_BITMAP: calls `setBits(firstBit, count)` for each run of dirty
+    /// `pageSize` granules of `[iova, iova + length)` (bit 0 is `iova`), and clears the dirty
+    /// bits unless `clear` is false. The range must be mapped, and aligned to the IOAS alignment
+    /// and to `pageSize` (a power of two).
+    public func readDirty(hwpt hwptID: UInt32, iova: UInt64, length: UInt64, pageSize: UInt64,
+                          clear: Bool, setBits: (UInt64, UInt64) -> Void) throws(IOMMUError) {
+        do {
+            try lock.withLock { () throws(IOMMUError) in
+                try checkOpen()
+                let hwpt = try hwptPaging(hwptID)
+                let iopt = hwpt.ioas.iopt
+                guard length != 0 else { throw IOMMUError(.EINVAL, "zero length") }
+                let (last, overflow) = iova.addingReportingOverflow(length - 1)
+                guard !overflow else { throw IOMMUError(.EOVERFLOW, "iova + length overflows") }
+                let align = iopt.iovaAlignment
+                guard iova.isAligned(to: align), (last &+ 1).isAligned(to: align) else {
+                    throw IOMMUError(.EINVAL, "range not aligned to the IOAS alignment")
+                }
+                guard pageSize.isPowerOfTwo else { throw IOMMUError(.EINVAL, "page_size not a power of two") }
+                guard iova.isAligned(to: pageSize), (last &+ 1).isAligned(to: pageSize) else {
+                    throw IOMMUError(.EINVAL, "range not aligned to page_size")
+                }
+                // The range must be covered by contiguous areas.
+                var cursor = iova
+                while true {
+                    guard let area = iopt.areas.area(containing: cursor) else {
+                        throw IOMMUError(.EINVAL, "0x\(String(cursor, radix: 16)) is not mapped")
+                    }
+                    if area.last >= last { break }
+                    cursor = area.last + 1
+                }
+                let shift = UInt64(pageSize.trailingZeroBitCount)
+                hwpt.domain.readAndClearDirty(iova: iova, length: length, clear: clear) { leafIOVA, leafSize in
+                    let s = max(leafIOVA, iova)
+                    let e = min(leafIOVA &+ (leafSize - 1), last)
+                    guard s <= e else { return }
+                    let firstBit = (s - iova) >> shift
+                    let lastBit = (e - iova) >> shift
+                    setBits(firstBit, lastBit - firstBit + 1)
+                }
+            }
+        } catch {
+            throw error.during("HWPT_GET_DIRTY_BITMAP")
+        }
+    }
+
+    /// Translates `iova` through a HWPT's page table (software walk).
+    public func translate(hwpt hwptID: UInt32, iova: UInt64) throws(IOMMUError) -> IOTranslation? {
+        try lock.withLock { () throws(IOMMUError) -> IOTranslation? in
+            try checkOpen()
+            return try hwptPaging(hwptID).domain.translate(iova: iova)
+        }
+    }
+
+    /// Marks the leaf mapping `iova` dirty (IOMMU_TEST_OP_DIRTY). Needs tracking enabled.
+    public func markDirty(hwpt hwptID: UInt32, iova: UInt64) throws(IOMMUError) -> Bool {
+        try lock.withLock { () throws(IOMMUError) -> Bool in
+            try checkOpen()
+            let hwpt = try hwptPaging(hwptID)
+            guard hwpt.domain.dirtyTrackingEnabled else { throw IOMMUError(.EINVAL, "dirty tracking is off") }
+            return hwpt.domain.markDirty(iova: iova)
+        }
+    }
+}
