@@ -77,7 +77,7 @@ extension IOMMUFDContext {
             try failures.check("access.alloc")
             let access = Access(ioas: ioas, needsPinPages: needsPinPages, unmapHandler: unmapHandler)
             try attachAccess(access, to: ioas)
-            do {
+            do throws(IOMMUError) {
                 return try install(access)
             } catch {
                 detachAccess(access)
@@ -88,7 +88,7 @@ extension IOMMUFDContext {
 
     private func attachAccess(_ access: Access, to ioas: IOAS) throws(IOMMUError) {
         ioas.iopt.accesses.append(access)
-        do {
+        do throws(IOMMUError) {
             try ioas.iopt.recalculateAlignment()
         } catch {
             ioas.iopt.accesses.removeAll { $0 === access }
@@ -145,7 +145,7 @@ extension IOMMUFDContext {
             let areas = try contiguousAreas(access.ioas.iopt, iova, last)
             var pieces: [(Area, UInt64, UInt64)] = []
             var runs: [PhysicalRun] = []
-            do {
+            do throws(IOMMUError) {
                 for area in areas {
                     if writable && !area.permissions.contains(.write) {
                         throw IOMMUError(.EPERM, "the area at 0x\(String(area.iova, radix: 16)) is read-only")
@@ -252,7 +252,7 @@ extension IOMMUFDContext {
             if newIOAS === access.ioas { return }
             let old = access.ioas
             newIOAS.iopt.accesses.append(access)
-            do {
+            do throws(IOMMUError) {
                 try newIOAS.iopt.recalculateAlignment()
             } catch {
                 newIOAS.iopt.accesses.removeAll { $0 === access }

@@ -49,13 +49,13 @@ extension IOMMUFDContext {
 
     /// Binds a device to this context (VFIO_DEVICE_BIND_IOMMUFD) and returns its DEVICE ID.
     public func bind(_ device: PlatformDevice) throws(IOMMUError) -> UInt32 {
-        do {
+        do throws(IOMMUError) {
             return try lock.withLock { () throws(IOMMUError) -> UInt32 in
                 try checkOpen()
                 try failures.check("device.bind")
                 try platform.claim(device, owner: ObjectIdentifier(self))
                 let bound = BoundDevice(device: device)
-                do {
+                do throws(IOMMUError) {
                     return try install(bound)
                 } catch {
                     platform.release(device, owner: ObjectIdentifier(self))
@@ -82,7 +82,7 @@ extension IOMMUFDContext {
     /// Attaches a device to an IOAS (automatic domain) or a paging HWPT, replacing the current
     /// attachment atomically if there is one. Returns the HWPT ID now in use.
     public func attach(device deviceID: UInt32, to ptID: UInt32) throws(IOMMUError) -> UInt32 {
-        do {
+        do throws(IOMMUError) {
             return try lock.withLock { () throws(IOMMUError) -> UInt32 in
                 try checkOpen()
                 let device = try self.device(deviceID)
@@ -162,7 +162,7 @@ extension IOMMUFDContext {
     /// Reserves `device`'s IOMMU reserved regions in `iopt` (owner: the device). All or nothing.
     private func reserveRegions(of device: BoundDevice, in iopt: IOPagetable) throws(IOMMUError) {
         let owner = ReservationOwner.device(ObjectIdentifier(device))
-        do {
+        do throws(IOMMUError) {
             for region in device.unit.spec.reservedRegions {
                 try iopt.reserve(region.range, owner: owner, failures: failures)
             }
@@ -192,7 +192,7 @@ extension IOMMUFDContext {
         // Reserve in the new IOAS first, so a collision leaves everything as it was.
         var reserved: [BoundDevice] = []
         for d in moving where d.hwpt?.ioas !== hwpt.ioas {
-            do {
+            do throws(IOMMUError) {
                 try reserveRegions(of: d, in: hwpt.ioas.iopt)
             } catch {
                 for r in reserved { hwpt.ioas.iopt.removeReservations(owner: .device(ObjectIdentifier(r))) }
@@ -233,7 +233,7 @@ extension IOMMUFDContext {
     /// iommufd_device_auto_get_domain: reuse a compatible automatic domain of `ioas`, or make one.
     private func autoDomain(for device: BoundDevice, ioas: IOAS) throws(IOMMUError) -> HWPTPaging {
         for hwpt in ioas.iopt.domains where hwpt.autoDomain {
-            do {
+            do throws(IOMMUError) {
                 try change(device, to: hwpt)
                 return hwpt
             } catch where error.errno == .EINVAL {
@@ -241,7 +241,7 @@ extension IOMMUFDContext {
             }
         }
         let hwpt = try makeHWPTPaging(for: device, ioas: ioas, flags: [], autoDomain: true)
-        do {
+        do throws(IOMMUError) {
             _ = try install(hwpt)
             try change(device, to: hwpt)
         } catch {

@@ -90,7 +90,7 @@ extension IOMMUFDContext {
     /// IOMMU_HWPT_ALLOC of a paging HWPT on `ioas` for `device`'s IOMMU.
     public func allocHWPT(device deviceID: UInt32, ioas ioasID: UInt32,
                           flags: HWPTAllocFlags = []) throws(IOMMUError) -> UInt32 {
-        do {
+        do throws(IOMMUError) {
             return try lock.withLock { () throws(IOMMUError) -> UInt32 in
                 try checkOpen()
                 let device = try self.device(deviceID)
@@ -102,7 +102,7 @@ extension IOMMUFDContext {
                     throw IOMMUError(.EINVAL, "pt_id \(ioasID) is not an IOAS")
                 }
                 let hwpt = try makeHWPTPaging(for: device, ioas: ioas, flags: flags, autoDomain: false)
-                do {
+                do throws(IOMMUError) {
                     return try install(hwpt)
                 } catch {
                     ioas.iopt.removeDomain(hwpt)
@@ -117,7 +117,7 @@ extension IOMMUFDContext {
 
     /// IOMMU_HWPT_SET_DIRTY_TRACKING. Enabling first clears stale dirty bits.
     public func setDirtyTracking(hwpt hwptID: UInt32, enabled: Bool) throws(IOMMUError) {
-        do {
+        do throws(IOMMUError) {
             try lock.withLock { () throws(IOMMUError) in
                 try checkOpen()
                 let hwpt = try hwptPaging(hwptID)
@@ -140,7 +140,7 @@ extension IOMMUFDContext {
     /// and to `pageSize` (a power of two).
     public func readDirty(hwpt hwptID: UInt32, iova: UInt64, length: UInt64, pageSize: UInt64,
                           clear: Bool, setBits: (UInt64, UInt64) -> Void) throws(IOMMUError) {
-        do {
+        do throws(IOMMUError) {
             try lock.withLock { () throws(IOMMUError) in
                 try checkOpen()
                 let hwpt = try hwptPaging(hwptID)

@@ -71,7 +71,7 @@ extension IOMMUFDContext {
                            length: UInt64, iova: UInt64?, permissions: MapPermissions,
                            isFile: Bool) throws(IOMMUError) -> UInt64 {
         let op = isFile ? "IOAS_MAP_FILE" : "IOAS_MAP"
-        do {
+        do throws(IOMMUError) {
             if let iova, iova == .max { throw IOMMUError(.EOVERFLOW, "iova too large") }
             guard length != .max else { throw IOMMUError(.EOVERFLOW, "length too large") }
             guard !permissions.isEmpty else { throw IOMMUError(.EINVAL, "neither readable nor writeable") }
@@ -123,7 +123,7 @@ extension IOMMUFDContext {
             start = try iopt.allocateIOVA(length: length, uptr: uptr)
         }
         var created: [Area] = []
-        do {
+        do throws(IOMMUError) {
             var cursor = start
             for (pages, startByte, sliceLength) in slices {
                 if permissions.contains(.write) && !pages.writable {
@@ -160,7 +160,7 @@ extension IOMMUFDContext {
     /// partly inside gives ENOENT (areas before it in IOVA order stay unmapped, as in Linux).
     /// `iova == 0, length == UInt64.max` unmaps everything. Returns the bytes unmapped.
     public func unmap(ioas ioasID: UInt32, iova: UInt64, length: UInt64) throws(IOMMUError) -> UInt64 {
-        do {
+        do throws(IOMMUError) {
             return try lock.withLock { () throws(IOMMUError) -> UInt64 in
                 try checkOpen()
                 let ioas = try self.ioas(ioasID)
@@ -207,7 +207,7 @@ extension IOMMUFDContext {
     /// `dst`, sharing pins. The source range must be covered by contiguous areas (ENOENT).
     public func copy(from srcID: UInt32, srcIOVA: UInt64, length: UInt64, to dstID: UInt32,
                      dstIOVA: UInt64? = nil, permissions: MapPermissions) throws(IOMMUError) -> UInt64 {
-        do {
+        do throws(IOMMUError) {
             guard length != .max, srcIOVA != .max, dstIOVA != .max else {
                 throw IOMMUError(.EOVERFLOW, "iova or length too large")
             }
@@ -246,7 +246,7 @@ extension IOMMUFDContext {
     /// IOMMU_IOAS_ALLOW_IOVAS: replaces the allow-list. Each range needs start < last and no
     /// overlap with the others (EINVAL); none may meet a reserved range (EADDRINUSE).
     public func allowIOVAs(ioas ioasID: UInt32, _ ranges: [IOVARange]) throws(IOMMUError) {
-        do {
+        do throws(IOMMUError) {
             try lock.withLock { () throws(IOMMUError) in
                 try checkOpen()
                 let ioas = try self.ioas(ioasID)
@@ -274,7 +274,7 @@ extension IOMMUFDContext {
 
     /// IOMMU_IOAS_IOVA_RANGES: the usable ranges (everything not reserved) and the alignment.
     public func iovaRanges(ioas ioasID: UInt32) throws(IOMMUError) -> IOVARanges {
-        do {
+        do throws(IOMMUError) {
             return try lock.withLock { () throws(IOMMUError) -> IOVARanges in
                 try checkOpen()
                 let ioas = try self.ioas(ioasID)
@@ -320,7 +320,7 @@ extension IOMMUFDContext {
                 throw IOMMUError(.EINVAL, "domains already have mappings")
             }
             iopt.disableLargePages = true
-            do {
+            do throws(IOMMUError) {
                 try iopt.recalculateAlignment()
             } catch {
                 iopt.disableLargePages = false
@@ -356,7 +356,7 @@ extension IOMMUFDContext {
                 if area.pinnedForDomains {
                     // The pages stay pinned; the halves take over the area's user count.
                     try area.pages.addUser(first: lhs.firstPage, last: lhs.lastPage, failures: failures)
-                    do {
+                    do throws(IOMMUError) {
                         try area.pages.addUser(first: rhs.firstPage, last: rhs.lastPage, failures: failures)
                     } catch {
                         area.pages.removeUser(first: lhs.firstPage, last: lhs.lastPage)

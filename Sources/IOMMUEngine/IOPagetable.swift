@@ -258,7 +258,7 @@ final class IOPagetable {
     func load(_ area: Area, into domain: IOMMUDomain) throws(IOMMUError) {
         let areaEnd = area.startByte + area.length
         var mapped: UInt64 = 0
-        do {
+        do throws(IOMMUError) {
             for run in area.pages.physicalRuns(first: area.firstPage, last: area.lastPage) {
                 let runStart = run.firstPage * hostPageSize
                 let runEnd = (run.lastPage + 1) * hostPageSize
@@ -280,7 +280,7 @@ final class IOPagetable {
         guard !domains.isEmpty else { return }
         try area.pages.addUser(first: area.firstPage, last: area.lastPage, failures: failures)
         var done: [HWPTPaging] = []
-        do {
+        do throws(IOMMUError) {
             for hwpt in domains {
                 try load(area, into: hwpt.domain)
                 done.append(hwpt)
@@ -310,7 +310,7 @@ final class IOPagetable {
         }
         if newAlignment != iovaAlignment { try checkAreasAligned(to: newAlignment) }
         let owner = ReservationOwner.domain(ObjectIdentifier(hwpt))
-        do {
+        do throws(IOMMUError) {
             let aperture = domain.aperture
             if aperture.first != 0 {
                 try reserve(IOVARange(first: 0, last: aperture.first - 1), owner: owner, failures: failures)
@@ -320,12 +320,12 @@ final class IOPagetable {
             }
             let firstDomain = domains.isEmpty
             var filled: [Area] = []
-            do {
+            do throws(IOMMUError) {
                 for area in areas.all(in: 0, .max) {
                     if firstDomain {
                         try area.pages.addUser(first: area.firstPage, last: area.lastPage, failures: failures)
                     }
-                    do {
+                    do throws(IOMMUError) {
                         try load(area, into: domain)
                     } catch {
                         if firstDomain { area.pages.removeUser(first: area.firstPage, last: area.lastPage) }

@@ -29,7 +29,7 @@ public struct ObjectInfo: Hashable, Sendable, CustomStringConvertible {
     public var kind: ObjectKind
     public var holders: Int
     public var summary: String
-    public var description: String { "\(kind) \(id)\(summary.isEmpty ? "" : " (\(summary))")" }
+    public var description: String { "\(kind.rawValue) \(id)\(summary.isEmpty ? "" : " (\(summary))")" }
 }
 
 /// Base class of every object in the table.

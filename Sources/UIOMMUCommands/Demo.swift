@@ -106,7 +106,8 @@ public struct Demo {
             try first.unbind()
             say("  unbound \(members[0].spec.name); the group returns to the host")
         }
-        if let blocked = groupIDs.first(where: { !platform.isViable(group: $0) }),
+        if let blocked = groupIDs.first(where: { g in
+               !platform.isViable(group: g) && platform.groupMembers(g).contains { $0.driver == "vfio-pci" } }),
            let candidate = platform.groupMembers(blocked).first(where: { $0.driver == "vfio-pci" }) {
             do {
                 _ = try context.bind(.name(candidate.spec.name))
@@ -202,10 +203,10 @@ public struct Demo {
         let tracked = try nvme.allocHWPT(on: ioas, flags: [.dirtyTracking])
         try nvme.attach(to: tracked)
         try tracked.setDirtyTracking(true)
-        let bytes = [UInt8](repeating: 0x5A, count: 4096 * 3)
-        try bytes.withUnsafeBytes { raw throws(DMAFault) in
-            try platform.dmaWrite(device: coherent, iova: dstIOVA + 8192, from: raw.baseAddress!, count: raw.count)
-        }
+        let bytes = buffer(4096 * 3)
+        defer { bytes.deallocate() }
+        bytes.initializeMemory(as: UInt8.self, repeating: 0x5A)
+        try platform.dmaWrite(device: coherent, iova: dstIOVA + 8192, from: bytes.baseAddress!, count: bytes.count)
         let bitmap = try tracked.dirtyBitmap(iova: dstIOVA, length: UInt64(length))
         let dirtyPages = bitmap.reduce(0) { $0 + $1.nonzeroBitCount }
         say("  \(coherent.spec.name) wrote 12 KiB at \(hex(dstIOVA + 8192)); dirty bitmap of the target: \(dirtyPages) page(s) — word 0 = \(hex(bitmap.first ?? 0))")

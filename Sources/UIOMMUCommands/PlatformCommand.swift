@@ -15,6 +15,6 @@ struct PlatformCommand: ParsableCommand {
 
     func run() throws {
         let description = try loadMachine(machine)
-        print(json ? description.renderJSON() : description.renderText(), terminator: json ? "\n" : "")
+        print(json ? description.renderJSON() : description.renderText(), terminator: "")
     }
 }

@@ -1,5 +1,5 @@
-import ArgumentParser
-public import IOMMUFD
+public import ArgumentParser
+import IOMMUFD
 
 /// `uiommufd`: the command-line front end.
 public struct RootCommand: ParsableCommand {
@@ -19,12 +19,7 @@ public struct RootCommand: ParsableCommand {
 /// Loads a machine from `--machine FILE`, or the embedded default machine.
 func loadMachine(_ path: String?) throws -> MachineDescription {
     guard let path else { return MachineDescription.default }
-    let text: String
-    do {
-        text = try readTextFile(path)
-    } catch let error as CLIError {
-        throw error
-    }
+    let text = try readTextFile(path)
     do {
         return try MachineDescription.parse(text, fileName: path)
     } catch {

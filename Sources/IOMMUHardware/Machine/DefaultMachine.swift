@@ -13,6 +13,8 @@
 //   dedicated to integrated devices on many Intel client parts), with a DMA engine behind it;
 // - PASID / page faults: one accelerator with a 20-bit PASID and PRI behind the unit that has them.
 
+import UIOMMUBase
+
 extension MachineDescription {
     /// The default machine in the machine-file format.
     public static let defaultMachineText: String = """

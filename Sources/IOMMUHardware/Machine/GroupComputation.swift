@@ -24,6 +24,8 @@
 // endpoint functions are described to user space. Device-specific ACS quirks and explicit DMA-alias
 // quirks are not modelled; a machine file states the ACS a port really provides instead.
 
+import UIOMMUBase
+
 /// Computes the groups of a PCI tree. `topology` must be in `MachineDescription.topology` order
 /// and `devices` sorted by address, with `PCINode.deviceIndex` linking the two.
 struct PCIGroupSolver {
@@ -124,11 +126,15 @@ struct PCIGroupSolver {
             groupOfDevice[deviceIndex] = id
         }
 
+        // Bucket the events by class once: a per-group scan would be quadratic on big machines.
+        var eventsOfRoot: [Int: [Event]] = [:]
+        for event in events { eventsOfRoot[find(event.node), default: []].append(event) }
+
         var groups: [IOMMUGroupSpec] = []
         for (id, root) in roots.enumerated() {
             var seen: Set<String> = []
             var texts: [String] = []
-            for event in events where find(event.node) == root && !seen.contains(event.key) {
+            for event in eventsOfRoot[root] ?? [] where !seen.contains(event.key) {
                 seen.insert(event.key)
                 texts.append(event.text)
             }
@@ -199,8 +205,8 @@ struct PCIGroupSolver {
         let node = topology[culprit]
         let acs = node.acs.isEmpty ? "has no ACS" : "lacks full ACS (missing \(node.acs.missing))"
         let mf = node.kind == .switchUpstreamPort ? " and is multifunction" : ""
-        return "below \(label(culprit)), which \(acs)\(mf): DMA between devices below it can go "
-            + "peer-to-peer without passing the IOMMU"
+        return "below \(label(culprit)), which \(acs)\(mf): DMA below it can go peer-to-peer "
+            + "without passing the IOMMU, so the port and everything below it form one group"
     }
 
     private func multifunctionReason(slotOf index: Int, functions: [Int]) -> String {

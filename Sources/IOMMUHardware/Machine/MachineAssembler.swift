@@ -3,6 +3,8 @@
 // checked by the same rules whatever it came from; each rule is checked where the offending
 // declaration is known, so the error can name its line.
 
+import UIOMMUBase
+
 /// A machine file (or programmatic description) that cannot describe a real machine.
 public struct MachineFileError: Error, Hashable, Sendable, CustomStringConvertible {
     /// The file name as given to `parse` ("machine.cfg").
@@ -58,7 +60,7 @@ struct MachineAssembler {
     let fileName: String
     var machineName: String?
     /// Names declared further down the file, so "unknown" can say "declared later".
-    var laterDeclarations: [String: Int] = [:]
+    var laterDeclarations: [String: (line: Int, isIOMMU: Bool)] = [:]
 
     private(set) var iommus: [IOMMUUnitSpec] = []
     private var iommuLines: [String: Int] = [:]
@@ -119,9 +121,9 @@ struct MachineAssembler {
     }
 
     private func unknown(_ what: String, _ name: String, known: [String], line: Int) -> MachineFileError {
-        if let later = laterDeclarations[name] {
-            return error(line, "\(what) '\(name)' is declared later, on line \(later); declare it "
-                + "before it is used")
+        if let later = laterDeclarations[name], later.line > line, later.isIOMMU == (what == "iommu") {
+            return error(line, "\(what) '\(name)' is declared later, on line \(later.line); declare "
+                + "it before it is used")
         }
         return error(line, "unknown \(what) '\(name)' (known: \(Self.listing(known)))")
     }
@@ -366,9 +368,14 @@ struct MachineAssembler {
             }
             return false
         }
+        var openersBySegment: [UInt16: [Int]] = [:]   // at most 256 per segment: one per bus
+        for (index, draft) in drafts.enumerated() where draft.secondaryBus != nil {
+            openersBySegment[draft.segment, default: []].append(index)
+        }
         for (b, bridge) in drafts.enumerated() {
             guard let low = bridge.secondaryBus, let high = subordinate[b], high > low else { continue }
-            for (c, other) in drafts.enumerated() where c != b && other.segment == bridge.segment {
+            for c in openersBySegment[bridge.segment] ?? [] where c != b {
+                let other = drafts[c]
                 guard let bus = other.secondaryBus, bus >= low, bus <= high,
                       !isDescendant(c, of: b) else { continue }
                 throw error(other.line, "bus \(MachineFormatting.hex2(Int(bus))) of "
@@ -480,5 +487,42 @@ struct MachineAssembler {
             return String(base[..<dot])
         }
         return base.isEmpty ? "machine" : base
+    }
+}
+
+extension MachineDescription {
+    /// A machine built in code: every device becomes a root-complex integrated endpoint with ACS
+    /// on the root bus named by its address, so each is a group by itself. This is the shape
+    /// tests of the engine usually want (N independent devices behind some IOMMU units) without a
+    /// PCI tree to write. The same validation as for a machine file applies; errors name
+    /// `<name>` as the file and line 0.
+    public init(name: String, iommus: [IOMMUUnitSpec],
+                isolatedDevices: [PCIDeviceSpec]) throws(MachineFileError) {
+        var assembler = MachineAssembler(fileName: "<\(name)>")
+        assembler.machineName = name
+        for unit in iommus { try assembler.addIOMMU(unit, line: 0) }
+        var hostBridges: Set<String> = []
+        for device in isolatedDevices.sorted(by: { $0.address < $1.address }) {
+            let host = "host-\(MachineFormatting.padded(device.address.segment, 4))-"
+                + MachineFormatting.padded(device.address.bus, 2)
+            if !hostBridges.contains(host) {
+                hostBridges.insert(host)
+                var bridge = NodeRequest(name: host, kind: .hostBridge)
+                bridge.segment = Int(device.address.segment)
+                bridge.rootBus = Int(device.address.bus)
+                try assembler.addNode(bridge, line: 0)
+            }
+            var node = NodeRequest(name: device.name, kind: .endpoint, parent: host)
+            node.device = Int(device.address.device)
+            node.function = Int(device.address.function)
+            node.acs = .isolating
+            node.iommu = device.iommu
+            node.endpoint = EndpointRequest(
+                vendorID: device.vendorID, deviceID: device.deviceID, classCode: device.classCode,
+                barSizes: device.barSizes, model: device.model, driver: device.driver,
+                pasidWidth: device.pasidWidth, supportsPageFaults: device.supportsPageFaults)
+            try assembler.addNode(node, line: 0)
+        }
+        self = try assembler.finish()
     }
 }

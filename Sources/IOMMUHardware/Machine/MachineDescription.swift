@@ -1,4 +1,4 @@
-public import UIOMMUBase
+import UIOMMUBase
 
 /// A PCI function address: segment, bus, device (0–31), function (0–7).
 public struct PCIAddress: Hashable, Comparable, Sendable, CustomStringConvertible {
@@ -89,7 +89,7 @@ public struct IOMMUGroupSpec: Hashable, Sendable {
 extension PCIAddress {
     /// An address from numbers that came from outside (a file, a command line): nil instead of a
     /// trap when the device or function number is out of range.
-    public init?(checkedSegment segment: UInt16 = 0, bus: UInt8, device: UInt8, function: UInt8) {
+    public init?(checkedSegment segment: UInt16, bus: UInt8, device: UInt8, function: UInt8) {
         guard device < 32, function < 8 else { return nil }
         self.init(segment: segment, bus: bus, device: device, function: function)
     }
@@ -99,18 +99,23 @@ extension PCIAddress {
     public init?(parsing text: some StringProtocol) {
         let parts = text.split(separator: ":", omittingEmptySubsequences: false)
         guard parts.count == 2 || parts.count == 3 else { return nil }
+        // Digits only: the standard library's integer parser would also take a sign ("+1").
+        func hex(_ s: some StringProtocol, maxDigits: Int) -> UInt16? {
+            guard !s.isEmpty, s.count <= maxDigits,
+                  s.allSatisfy({ $0.isASCII && $0.isHexDigit }) else { return nil }
+            return UInt16(s, radix: 16)
+        }
         var segment: UInt16 = 0
         if parts.count == 3 {
-            guard parts[0].count <= 4, let s = UInt16(parts[0], radix: 16) else { return nil }
+            guard let s = hex(parts[0], maxDigits: 4) else { return nil }
             segment = s
         }
-        let busText = parts[parts.count - 2]
         let devfn = parts[parts.count - 1].split(separator: ".", omittingEmptySubsequences: false)
-        guard busText.count <= 2, let bus = UInt8(busText, radix: 16), devfn.count == 2,
-              devfn[0].count <= 2, let device = UInt8(devfn[0], radix: 16),
-              devfn[1].count == 1, let function = UInt8(devfn[1], radix: 16)
+        guard devfn.count == 2, let bus = hex(parts[parts.count - 2], maxDigits: 2),
+              let device = hex(devfn[0], maxDigits: 2), let function = hex(devfn[1], maxDigits: 1)
         else { return nil }
-        self.init(checkedSegment: segment, bus: bus, device: device, function: function)
+        self.init(checkedSegment: segment, bus: UInt8(truncatingIfNeeded: bus),
+                  device: UInt8(truncatingIfNeeded: device), function: UInt8(truncatingIfNeeded: function))
     }
 
     /// "03:00.1": the address without its segment, as lspci prints it on single-segment machines.

@@ -6,6 +6,8 @@
 // (host bridge, then its ports, then what is below them) and lets every error name the line that
 // is wrong. The full grammar is in `MachineDescription.machineFileFormat`.
 
+import UIOMMUBase
+
 extension MachineDescription {
     /// Parses a machine file. `fileName` is used in error messages and, when the file has no
     /// `machine` line, as the machine's name (without directory and extension).
@@ -25,13 +27,15 @@ extension MachineDescription {
     /// A description of the machine-file format, for `--help` texts and the README.
     public static let machineFileFormat: String = """
         Machine files: one declaration per line; '#' starts a comment; words are separated by
-        spaces; a name must be declared before it is used. Numbers are decimal or 0x-hex; sizes
-        may end in K, M, G, T (powers of 1024); ranges are FIRST-LAST (inclusive) or FIRST+SIZE.
+        spaces; a name must be declared before it is used (parents before children). Numbers are
+        decimal or 0x-hex; sizes may end in K, M, G, T, P, E (powers of 1024); ranges are
+        FIRST-LAST (inclusive) or FIRST+SIZE. Names: letters, digits, '.', '_', '-', starting with
+        a letter. Every error names the file and line.
 
           machine NAME
           iommu NAME kind=intel-vtd|amd-vi|arm-smmuv3|selftest-mock
-                format=vtd-ss|amd-v1|arm-lpae|mock  (must suit the kind)
-                width=BITS | aperture=RANGE          pages=4K,2M,1G
+                format=vtd-ss|amd-v1|arm-lpae|mock   (must suit the kind)
+                width=BITS | aperture=RANGE           pages=SIZE,...  (e.g. 4K,2M,1G)
                 [coherent=yes|no] [dirty=yes|no] [nesting=yes|no] [pasid=0-20]
           reserve IOMMU msi|direct|reserved RANGE
           host-bridge NAME [segment=N] [bus=N] [iommu=UNIT]
@@ -40,13 +44,17 @@ extension MachineDescription {
           downstream-port NAME at=SWITCH dev=N [fn=N] secondary=BUS acs=ACS [iommu=UNIT]
           pcie-pci-bridge NAME at=PORT|HOST-BRIDGE [dev=N] [fn=N] secondary=BUS [iommu=UNIT]
           pci-bridge NAME at=BRIDGE|HOST-BRIDGE [dev=N] [fn=N] secondary=BUS [iommu=UNIT]
-          device NAME at=PARENT [dev=N] [fn=N] id=VVVV:DDDD [class=0xCCSSPP] [bars=SIZE,...]
+          device NAME at=PARENT [dev=N] [fn=N] id=VVVV:DDDD [class=CCSSPP] [bars=SIZE,...]
                  [model=generic|dma-engine|edu] [driver=vfio-pci|none|HOST-DRIVER]
                  [pasid=0-20] [pri=yes|no] [acs=ACS] [iommu=UNIT]
 
-        ACS is yes (all of SV, RR, CR, UF), no, or a comma list of sv,rr,cr,uf. dev and fn default
-        to 0; below a root or downstream port only dev=0 exists. iommu= is inherited from the
-        nearest port or host bridge above. driver defaults to vfio-pci.
+        ACS is yes (all of SV, RR, CR, UF), no, or a comma list of sv,rr,cr,uf; only all four
+        isolate. secondary= is the bus a bridge opens and must be above the bus it sits on. dev
+        and fn default to 0; below a root or downstream port only dev=0 exists; a slot needs its
+        function 0. id and class are hex (class defaults to ff0000). bars lists BAR0..BAR5 sizes
+        (0 = unused). iommu= is inherited from the nearest port or host bridge above. driver
+        defaults to vfio-pci; a group is usable by user space only if every member is bound to
+        vfio-pci or none. coherent, dirty and nesting default to no, pasid to 0.
         """
 }
 
@@ -68,18 +76,21 @@ struct MachineFileParser {
 
     mutating func parse(_ text: String) throws(MachineFileError) -> MachineDescription {
         var lines: [Line] = []
-        for (index, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        // Split on every line break, "\r\n" included: Swift treats "\r\n" as one Character,
+        // so splitting on "\n" alone would turn a CRLF file into a single line.
+        let rawLines = text.split(omittingEmptySubsequences: false, whereSeparator: { $0.isNewline })
+        for (index, raw) in rawLines.enumerated() {
             let content = raw.firstIndex(of: "#").map { raw[..<$0] } ?? raw[...]
             let words = content.split(whereSeparator: { $0.isWhitespace })
             if !words.isEmpty { lines.append(Line(number: index + 1, words: words)) }
         }
         // Remember where every name is declared, so that a use before the declaration can say so.
-        var later: [String: Int] = [:]
+        var later: [String: (line: Int, isIOMMU: Bool)] = [:]
         for line in lines where line.words.count >= 2 {
             let keyword = String(line.words[0])
             if keyword == "iommu" || Self.nodeKeywords[keyword] != nil {
                 let name = String(line.words[1])
-                if later[name] == nil { later[name] = line.number }
+                if later[name] == nil { later[name] = (line.number, keyword == "iommu") }
             }
         }
         assembler.laterDeclarations = later
@@ -197,8 +208,8 @@ struct MachineFileParser {
     private func range(_ text: Substring, line: Int, what: String) throws(MachineFileError) -> IOVARange {
         let example = "write FIRST-LAST or FIRST+SIZE, e.g. 0xfee00000-0xfeefffff"
         if let dash = text.firstIndex(of: "-") {
-            guard let first = MachineFormatting.parseInteger(text[..<dash]),
-                  let last = MachineFormatting.parseInteger(text[text.index(after: dash)...])
+            guard let first = MachineFormatting.parseSize(text[..<dash]),
+                  let last = MachineFormatting.parseSize(text[text.index(after: dash)...])
             else { throw error(line, "bad \(what) '\(text)' (\(example))") }
             guard first <= last else {
                 throw error(line, "\(what) '\(text)' ends before it starts")
@@ -206,7 +217,7 @@ struct MachineFileParser {
             return IOVARange(first: first, last: last)
         }
         if let plus = text.firstIndex(of: "+") {
-            guard let first = MachineFormatting.parseInteger(text[..<plus]),
+            guard let first = MachineFormatting.parseSize(text[..<plus]),
                   let size = MachineFormatting.parseSize(text[text.index(after: plus)...])
             else { throw error(line, "bad \(what) '\(text)' (\(example))") }
             do {
@@ -362,20 +373,24 @@ struct MachineFileParser {
             let idText = try required(f, "id", "VVVV:DDDD")
             let parts = idText.split(separator: ":", omittingEmptySubsequences: false)
             guard parts.count == 2, parts.allSatisfy({ (1...4).contains($0.count) }),
-                  let vendor = UInt16(parts[0], radix: 16), let device = UInt16(parts[1], radix: 16)
+                  let vendor = MachineFormatting.parseHex(parts[0]),
+                  let device = MachineFormatting.parseHex(parts[1])
             else {
                 throw error(line.number, "bad id '\(idText)' (write vendor:device in hex, "
                     + "e.g. 144d:a808)")
             }
-            var endpoint = EndpointRequest(vendorID: vendor, deviceID: device, classCode: 0xff0000)
+            // Four hex digits at most, so the narrowing cannot fail.
+            var endpoint = EndpointRequest(vendorID: UInt16(truncatingIfNeeded: vendor),
+                                           deviceID: UInt16(truncatingIfNeeded: device),
+                                           classCode: 0xff0000)
             if let classText = f.values["class"] {
                 let digits = classText.hasPrefix("0x") || classText.hasPrefix("0X")
                     ? classText.dropFirst(2) : classText
-                guard !digits.isEmpty, digits.count <= 6, let code = UInt32(digits, radix: 16) else {
+                guard digits.count <= 6, let code = MachineFormatting.parseHex(digits) else {
                     throw error(line.number, "bad class '\(classText)' (24-bit hex: base class, "
                         + "subclass, programming interface, e.g. 0x010802)")
                 }
-                endpoint.classCode = code
+                endpoint.classCode = UInt32(truncatingIfNeeded: code)   // at most 6 hex digits
             }
             endpoint.barSizes = try sizeList(f, "bars") ?? []
             if let modelText = f.values["model"] {

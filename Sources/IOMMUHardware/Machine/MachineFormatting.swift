@@ -1,6 +1,8 @@
 // Number spellings shared by the machine-file parser, its writer and the renderers, so that what
 // `uiommufd platform` prints can be pasted back into a machine file.
 
+import UIOMMUBase
+
 enum MachineFormatting {
     private static let units: [(shift: UInt64, suffix: String)] = [
         (60, "E"), (50, "P"), (40, "T"), (30, "G"), (20, "M"), (10, "K"),
@@ -56,12 +58,17 @@ enum MachineFormatting {
     static func parseInteger(_ text: Substring) -> UInt64? {
         let clean = text.filter { $0 != "_" }
         if clean.hasPrefix("0x") || clean.hasPrefix("0X") {
-            let digits = clean.dropFirst(2)
-            guard !digits.isEmpty else { return nil }
-            return UInt64(digits, radix: 16)
+            return parseHex(clean.dropFirst(2))
         }
         guard !clean.isEmpty, clean.allSatisfy({ $0.isASCII && $0.isNumber }) else { return nil }
         return UInt64(clean, radix: 10)
+    }
+
+    /// Hex digits only (no sign, no prefix: the standard library would accept "+ff"); nil on
+    /// anything else, including overflow.
+    static func parseHex(_ text: some StringProtocol) -> UInt64? {
+        guard !text.isEmpty, text.allSatisfy({ $0.isASCII && $0.isHexDigit }) else { return nil }
+        return UInt64(text, radix: 16)
     }
 
     /// A size: an integer, optionally followed by K, M, G, T, P or E (powers of 1024).

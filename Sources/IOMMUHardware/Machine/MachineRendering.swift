@@ -2,6 +2,8 @@
 // (renderJSON). Both are built here, next to the data, so the CLI stays a thin shell and tests can
 // check the output without running it.
 
+import UIOMMUBase
+
 extension MachineDescription {
     /// A human-readable report: IOMMU units and their capabilities, the PCI tree with ACS marks,
     /// and the IOMMU groups with why they are what they are and whether user space can use them.
@@ -13,7 +15,7 @@ extension MachineDescription {
     /// IDs and IOVAs are hex strings, because JSON numbers lose precision above 2^53.
     public func renderJSON() -> String {
         var out = ""
-        MachineJSON.write(MachineJSONBuilder(machine: self).machine(), to: &out, indent: 0)
+        MachineJSON.write(MachineJSONBuilder(machine: self).document(), to: &out, indent: 0)
         out += "\n"
         return out
     }
@@ -142,10 +144,12 @@ struct MachineTextRenderer {
         let address = node.address?.description ?? ""
         if let deviceIndex = node.deviceIndex, machine.devices.indices.contains(deviceIndex) {
             let d = machine.devices[deviceIndex]
-            var parts = [pad(address, 13), pad(d.name, 8),
+            var parts = ["\(address) \(pad(d.name, 8))",
                          "\(MachineFormatting.padded(d.vendorID, 4)):\(MachineFormatting.padded(d.deviceID, 4))",
                          "class \(MachineFormatting.padded(d.classCode, 6))",
                          "driver \(d.driver ?? "none")", "group \(d.group)"]
+            let mark = acsMark(node)
+            if !mark.isEmpty { parts.append(String(mark.dropFirst())) }
             switch node.endpointKind {
             case .rootComplexIntegrated: parts.append("integrated")
             case .conventional: parts.append("conventional PCI")
@@ -160,9 +164,9 @@ struct MachineTextRenderer {
             let bars = d.barSizes.enumerated().filter { $0.element != 0 }
                 .map { "\($0.offset):\(MachineFormatting.size($0.element))" }
             if !bars.isEmpty { parts.append("BARs " + bars.joined(separator: " ")) }
-            return parts.joined(separator: "  ") + acsMark(node) + iommuNote
+            return parts.joined(separator: "  ") + iommuNote
         }
-        var text = "\(pad(address, 13)) \(node.name): \(node.kind.displayName)\(acsMark(node))"
+        var text = "\(address) \(node.name): \(node.kind.displayName)\(acsMark(node))"
         if let secondary = node.secondaryBus {
             let sub = node.subordinateBus ?? secondary
             text += sub > secondary
@@ -283,7 +287,7 @@ struct MachineJSONBuilder {
         .object([("first", hex(r.first)), ("last", hex(r.last))])
     }
 
-    func machine() -> MachineJSON {
+    func document() -> MachineJSON {
         let roots = machine.topology.indices.filter { machine.topology[$0].kind == .hostBridge }
         return .object([
             ("name", .string(machine.name)),

@@ -5,6 +5,8 @@
 // PCIe or conventional PCI, and which ACS controls each port enables. Bus numbers are explicit so
 // that the addresses a user sees in `uiommufd platform` are the ones they wrote.
 
+import UIOMMUBase
+
 /// The Access Control Services controls that matter for IOMMU isolation.
 ///
 /// Linux requires all four (its REQ_ACS_FLAGS) before it trusts a port to keep peer-to-peer DMA

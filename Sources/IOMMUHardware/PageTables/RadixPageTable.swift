@@ -1,4 +1,4 @@
-public import UIOMMUBase
+import UIOMMUBase
 
 // The radix walk shared by every page-table format.
 //
