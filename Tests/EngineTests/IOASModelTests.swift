@@ -289,8 +289,10 @@ struct IOASModel {
                              newPages: newPages, length: length, fixed: iova, uptr: uptr, perms: perms)
     }
 
-    /// iopt_get_pages over the source; nil slices with the errno on failure.
-    func copySlices(srcIOVA: UInt64, length: UInt64) -> Result<[ModelSlice], LinuxErrno> {
+    enum Slices { case slices([ModelSlice]), failure(LinuxErrno) }
+
+    /// iopt_get_pages over the source: the slices, or the errno.
+    func copySlices(srcIOVA: UInt64, length: UInt64) -> Slices {
         guard length != 0 else { return .failure(.EINVAL) }
         let (last, o) = srcIOVA.addingReportingOverflow(length - 1)
         guard !o else { return .failure(.EOVERFLOW) }
@@ -301,7 +303,7 @@ struct IOASModel {
             let pieceLast = min(last, a.last)
             slices.append(ModelSlice(pages: a.pages, startByte: a.startByte + (cursor - a.iova),
                                      length: pieceLast - cursor + 1))
-            if pieceLast == last { return .success(slices) }
+            if pieceLast == last { return .slices(slices) }
             cursor = pieceLast + 1
         }
     }
@@ -312,7 +314,7 @@ struct IOASModel {
         switch copySlices(srcIOVA: srcIOVA, length: length) {
         case .failure(let e):
             return (.fail(e), [])
-        case .success(let slices):
+        case .slices(let slices):
             let uptr = pages[slices[0].pages].base + slices[0].startByte
             return (predictInsert(slices, newPages: nil, length: length, fixed: dst, uptr: uptr, perms: perms), slices)
         }
@@ -528,7 +530,7 @@ final class ModelRun {
 
     func zoneIOVA(unit: UInt64) -> UInt64 {
         let total = Self.zones.reduce(0) { $0 + $1.weight }
-        var w = rng.below(total)
+        var w = rng.index(total)
         var zone = Self.zones[0]
         for z in Self.zones { if w < z.weight { zone = z; break }; w -= z.weight }
         let v = rng.inRange(zone.first, zone.last)
@@ -662,13 +664,13 @@ final class ModelRun {
         if areas.isEmpty || rng.chance(8) {
             if rng.chance(35) { iova = 0; length = .max } else { iova = zoneIOVA(unit: Mock.pageSize); length = randomLength() * 4 }
         } else {
-            let i = rng.below(areas.count)
+            let i = rng.index(areas.count)
             let a = areas[i]
             switch rng.below(100) {
             case 0..<35:                                   // exactly one area
                 iova = a.iova; length = a.length
             case 35..<55:                                  // a run of areas and the gaps between them
-                let j = min(areas.count - 1, i + rng.below(4))
+                let j = min(areas.count - 1, i + rng.index(4))
                 iova = a.iova; length = areas[j].last - a.iova + 1
             case 55..<72:                                  // a superset
                 let lo = rng.below(3) * Mock.pageSize, hi = rng.below(3) * Mock.pageSize
@@ -696,7 +698,7 @@ final class ModelRun {
         var src: UInt64, length: UInt64
         let areas = model.areas
         if !areas.isEmpty && rng.chance(85) {
-            let i = rng.below(areas.count)
+            let i = rng.index(areas.count)
             let a = areas[i]
             let unit = rng.chance(85) ? Mock.pageSize : 1
             let off = rng.chance(55) ? 0 : min(a.length - 1, unit * rng.below(max(1, a.length / unit)))
@@ -736,7 +738,7 @@ final class ModelRun {
     func opAllow() {
         var ranges: [IOVARange] = []
         if !rng.chance(35) {
-            for i in 0..<(1 + rng.below(3)) {
+            for i in 0..<(1 + rng.index(3)) {
                 let size = (4 + rng.below(256)) * pageSize
                 if i > 0, let prev = ranges.last, rng.chance(30) {        // adjacent: spans merge
                     ranges.append(IOVARange(first: prev.last + 1, last: prev.last + size))
@@ -778,7 +780,7 @@ final class ModelRun {
     }
 
     func opAttachOrDetach() {
-        let i = rng.below(model.devices.count)
+        let i = rng.index(model.devices.count)
         let d = model.devices[i]
         if d.attached {
             note("detach \(d.name)")
@@ -824,9 +826,10 @@ final class ModelRun {
         case 5: mapAndCheck(uptr: uptr, length: .max - 1, iova: Mock.apertureStart, perms: rw)
         case 6: mapAndCheck(uptr: uptr, length: 1 << 63, iova: nil, perms: rw)
         case 7:
-            let (iova, length): (UInt64, UInt64) = rng.pick([
+            let cases: [(UInt64, UInt64)] = [
                 (.max, pageSize), (pageSize, .max), (Mock.apertureStart, 0), (.max - pageSize + 1, 2 * pageSize),
-            ])
+            ]
+            let (iova, length) = rng.pick(cases)
             let what = "unmap 0x\(hex(iova)) len 0x\(hex(length))"
             note(what)
             let expected = model.unmap(iova: iova, length: length)
@@ -835,9 +838,10 @@ final class ModelRun {
             if Self.outcome(got) != expected { mismatch("\(what): expected \(expected), engine \(Self.describe(got))") }
         default:
             let src = model.areas.first?.iova ?? Mock.apertureStart
-            let (s, l, p): (UInt64, UInt64, IOPermissions) = rng.pick([
+            let cases: [(UInt64, UInt64, IOPermissions)] = [
                 (src, 0, rw), (src, pageSize, []), (.max, pageSize, rw), (src, .max, rw), (.max - 1, 4, rw),
-            ])
+            ]
+            let (s, l, p) = rng.pick(cases)
             let what = "copy 0x\(hex(s)) len 0x\(hex(l)) → fixed \(p)"
             note(what)
             copyAndCheck(src: s, length: l, dst: Mock.apertureStart + 0x40_0000, perms: p, what: what)

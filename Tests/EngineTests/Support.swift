@@ -120,13 +120,13 @@ func expectErrno<T>(_ expected: LinuxErrno, _ comment: @autoclosure () -> String
     do {
         let value = try body()
         let note = comment()
-        Issue.record("expected \(expected.name) but the call succeeded (returned \(value))"
-                     + (note.isEmpty ? "" : ": \(note)"), sourceLocation: sourceLocation)
+        let message = "expected \(expected.name) but the call succeeded (returned \(value))" + (note.isEmpty ? "" : ": " + note)
+        Issue.record("\(message)", sourceLocation: sourceLocation)
         return nil
     } catch {
         let note = comment()
-        #expect(error.errno == expected, "\(error)" + (note.isEmpty ? "" : ": \(note)"),
-                sourceLocation: sourceLocation)
+        let message = "\(error)" + (note.isEmpty ? "" : ": " + note)
+        #expect(error.errno == expected, "\(message)", sourceLocation: sourceLocation)
         return error
     }
 }
@@ -139,7 +139,8 @@ func expectOK<T>(_ comment: @autoclosure () -> String = "", sourceLocation: Sour
         return try body()
     } catch {
         let note = comment()
-        Issue.record("unexpected \(error)" + (note.isEmpty ? "" : ": \(note)"), sourceLocation: sourceLocation)
+        let message = "unexpected \(error)" + (note.isEmpty ? "" : ": " + note)
+        Issue.record("\(message)", sourceLocation: sourceLocation)
         return nil
     }
 }
@@ -183,12 +184,13 @@ struct SplitMix64: RandomNumberGenerator {
 
     /// Uniform in 0..<n (n > 0); the modulo bias is irrelevant for testing.
     mutating func below(_ n: UInt64) -> UInt64 { next() % n }
-    mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
+    /// Uniform in 0..<count (count > 0), for indexes.
+    mutating func index(_ count: Int) -> Int { Int(next() % UInt64(count)) }
     /// Uniform in lo...hi.
     mutating func inRange(_ lo: UInt64, _ hi: UInt64) -> UInt64 {
         hi &- lo == .max ? next() : lo + below(hi - lo + 1)
     }
     /// True with probability `percent`/100.
     mutating func chance(_ percent: Int) -> Bool { below(100) < percent }
-    mutating func pick<T>(_ items: [T]) -> T { items[below(items.count)] }
+    mutating func pick<T>(_ items: [T]) -> T { items[index(items.count)] }
 }
