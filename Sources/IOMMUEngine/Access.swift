@@ -8,6 +8,7 @@
 
 public import UIOMMUBase
 public import ProcessMemory
+public import IOMMUHardware
 
 /// A pin held by an access.
 struct AccessPin {
@@ -147,10 +148,14 @@ extension IOMMUFDContext {
             var runs: [PhysicalRun] = []
             do throws(IOMMUError) {
                 for area in areas {
-                    if writable && !area.permissions.contains(.write) {
-                        throw IOMMUError(.EPERM, "the area at 0x\(String(area.iova, radix: 16)) is read-only")
-                    }
+                    try Self.checkProt(area, write: writable)
                     let s = max(iova, area.iova), e = min(last, area.last)
+                    // iopt_area_contig_is_aligned: each piece starts on a page, and every piece
+                    // but the last ends on one.
+                    guard area.startByte(at: s) % hostPageSize == 0,
+                          e == last || (area.startByte(at: e) + 1) % hostPageSize == 0 else {
+                        throw IOMMUError(.EINVAL, "pin range is not page aligned in the user memory")
+                    }
                     let firstPage = area.startByte(at: s) / hostPageSize
                     let lastPage = area.startByte(at: e) / hostPageSize
                     try area.pages.addUser(first: firstPage, last: lastPage, failures: failures)
@@ -203,9 +208,7 @@ extension IOMMUFDContext {
             let areas = try contiguousAreas(access.ioas.iopt, iova, last)
             var done = 0
             for area in areas {
-                if write && !area.permissions.contains(.write) {
-                    throw IOMMUError(.EPERM, "the area at 0x\(String(area.iova, radix: 16)) is read-only")
-                }
+                try Self.checkProt(area, write: write)
                 let s = max(iova, area.iova), e = min(last, area.last)
                 let n = Int(e - s + 1)
                 let byte = area.startByte(at: s)
@@ -268,6 +271,14 @@ extension IOMMUFDContext {
             old.holders -= 1
             access.ioas = newIOAS
             newIOAS.holders += 1
+        }
+    }
+
+    /// check_area_prot: a write needs WRITEABLE, anything else READABLE (EPERM).
+    static func checkProt(_ area: Area, write: Bool) throws(IOMMUError) {
+        let needed: IOPermissions = write ? .write : .read
+        guard area.permissions.contains(needed) else {
+            throw IOMMUError(.EPERM, "the area at 0x\(String(area.iova, radix: 16)) is not \(write ? "writeable" : "readable")")
         }
     }
 

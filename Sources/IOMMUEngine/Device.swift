@@ -149,14 +149,9 @@ extension IOMMUFDContext {
         if hwpt.flags.contains(.dirtyTracking) && !device.device.dirtyCapable {
             throw IOMMUError(.EINVAL, "\(device.device.spec.name) cannot track dirty pages")
         }
-        // A device whose IOMMU enforces coherency upgrades the domain, if it still can: while
-        // it has no mappings and every device using it sits behind a snooping IOMMU.
-        if device.enforcesCacheCoherency && !hwpt.domain.enforcesCacheCoherency {
-            let users = table.objects.values.compactMap { $0 as? BoundDevice }.filter { $0.hwpt === hwpt }
-            guard users.allSatisfy({ $0.enforcesCacheCoherency }), hwpt.domain.enforceCacheCoherency() else {
-                throw IOMMUError(.EINVAL, "domain #\(hwpt.domain.id) cannot enforce cache coherency")
-            }
-        }
+        // Cache coherency is decided when a domain is allocated (by the allocating device's
+        // IOMMU) and never changed: a non-enforcing domain may be reused by any device, an
+        // enforcing one only through IOMMUs that can snoop (attachError says so).
     }
 
     /// Reserves `device`'s IOMMU reserved regions in `iopt` (owner: the device). All or nothing.
@@ -178,8 +173,9 @@ extension IOMMUFDContext {
         }
     }
 
-    /// Attaches (or replaces) `device` to `hwpt`. All or nothing.
-    func change(_ device: BoundDevice, to hwpt: HWPTPaging) throws(IOMMUError) {
+    /// Attaches (or replaces) `device` to `hwpt`. All or nothing. `reservedAlready`: the
+    /// device's regions were reserved in the new IOAS by the caller.
+    func change(_ device: BoundDevice, to hwpt: HWPTPaging, reservedAlready: Bool = false) throws(IOMMUError) {
         if device.hwpt === hwpt { return }
         let peers = attachedGroupPeers(of: device)
         if device.hwpt == nil, let peer = peers.first, peer.hwpt !== hwpt {
@@ -191,7 +187,7 @@ extension IOMMUFDContext {
         let moving = device.hwpt == nil ? [device] : [device] + peers
         // Reserve in the new IOAS first, so a collision leaves everything as it was.
         var reserved: [BoundDevice] = []
-        for d in moving where d.hwpt?.ioas !== hwpt.ioas {
+        for d in moving where d.hwpt?.ioas !== hwpt.ioas && !(reservedAlready && d === device) {
             do throws(IOMMUError) {
                 try reserveRegions(of: d, in: hwpt.ioas.iopt)
             } catch {
@@ -240,11 +236,22 @@ extension IOMMUFDContext {
                 continue   // incompatible: try the next one
             }
         }
-        let hwpt = try makeHWPTPaging(for: device, ioas: ioas, flags: [], autoDomain: true)
+        // As Linux does for an automatic domain: reserve the device's regions first (so a
+        // collision reports EADDRINUSE before any page is pinned), then build and fill it.
+        let reserving = device.hwpt?.ioas !== ioas
+        if reserving { try reserveRegions(of: device, in: ioas.iopt) }
+        let hwpt: HWPTPaging
+        do throws(IOMMUError) {
+            hwpt = try makeHWPTPaging(for: device, ioas: ioas, flags: [], autoDomain: true)
+        } catch {
+            if reserving { ioas.iopt.removeReservations(owner: .device(ObjectIdentifier(device))) }
+            throw error
+        }
         do throws(IOMMUError) {
             _ = try install(hwpt)
-            try change(device, to: hwpt)
+            try change(device, to: hwpt, reservedAlready: reserving)
         } catch {
+            if reserving { ioas.iopt.removeReservations(owner: .device(ObjectIdentifier(device))) }
             if table.get(hwpt.id) === hwpt { remove(hwpt) } else {
                 ioas.iopt.removeDomain(hwpt)
                 ioas.holders -= 1

@@ -184,7 +184,16 @@ final class IOPagetable {
             throw IOMMUError(.EINVAL, "user address alignment below the IOAS alignment")
         }
         let window = IOVARange(first: hostPageSize, last: UInt64.max - hostPageSize)
-        let allowedSpans = allowed.isEmpty ? [window] : allowed.compactMap { $0.intersection(window) }
+        // Adjacent allowed ranges form one span, as the kernel's span iterator sees them.
+        var merged: [IOVARange] = []
+        for r in allowed {
+            if let l = merged.last, l.last != .max, l.last + 1 == r.first {
+                merged[merged.count - 1] = IOVARange(first: l.first, last: r.last)
+            } else {
+                merged.append(r)
+            }
+        }
+        let allowedSpans = allowed.isEmpty ? [window] : merged.compactMap { $0.intersection(window) }
         var used = reserved.map(\.range)
         for a in areas.all(in: 0, .max) { used.append(IOVARange(first: a.iova, last: a.last)) }
         for span in allowedSpans {

@@ -259,6 +259,8 @@ public final class IOMMUDomain: @unchecked Sendable {
 
     /// Bytes of page-table memory (every table, root included).
     public var tableMemoryBytes: Int { lock.withLock { _ in table.tableMemoryBytes } }
+    /// Bytes the page-table allocator holds from the system (tables are carved from 2 MiB chunks).
+    public var reservedTableMemoryBytes: Int { lock.withLock { _ in table.reservedTableMemoryBytes } }
     /// Bytes of IOVA mapped.
     public var mappedBytes: UInt64 { lock.withLock { _ in table.mappedBytes } }
 

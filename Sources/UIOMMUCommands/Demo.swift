@@ -131,15 +131,25 @@ public struct Demo {
         say("  mapped \(size(UInt64(length))) read-only at IOVA \(hex(srcIOVA)) and \(size(UInt64(length))) read-write at \(hex(dstIOVA))")
         say("  pages pinned so far: \(context.engine!.pinnedPages) (no device, no page table, nothing to pin)")
 
-        // 4. Attach the DMA engine: a domain is built and the pages are pinned.
-        step(&summary, "Attach \(dmaDevice.spec.name) (behind \(dmaDevice.unit.spec.name)): an automatic domain")
+        // 4. A coherent device attaches first: its domain enforces snooping.
+        step(&summary, "Attach \(coherent.spec.name) (behind \(coherent.unit.spec.name)): an automatic domain")
+        let nvme = try context.bind(.name(coherent.spec.name))
+        let nvmeHWPT = try nvme.attach(to: ioas)
+        summary.domainsCreated += 1
+        say("  DEVICE \(nvme.id) attached through HWPT \(nvmeHWPT.id), which enforces cache coherency; pinned pages now \(context.engine!.pinnedPages)")
+        say("  usable IOVA narrowed by the IOMMU's reserved regions: \(ranges(try ioas.iovaRanges()))")
+
+        // 5. Cache coherency (seed 004): a snoop-forcing domain cannot serve a non-snooping IOMMU.
+        step(&summary, "Attach \(dmaDevice.spec.name) (behind \(dmaDevice.unit.spec.name)) to the same IOAS (seed 004)")
         let dma = try context.bind(.name(dmaDevice.spec.name))
         let dmaHWPT = try dma.attach(to: ioas)
-        summary.domainsCreated += 1
-        say("  DEVICE \(dma.id) attached through HWPT \(dmaHWPT.id); pinned pages now \(context.engine!.pinnedPages)")
-        say("  usable IOVA narrowed by the IOMMU's aperture and reserved regions: \(ranges(try ioas.iovaRanges()))")
+        if dmaHWPT.id != nvmeHWPT.id { summary.domainsCreated += 1 }
+        say("  \(dmaDevice.spec.name) got HWPT \(dmaHWPT.id)" + (dmaHWPT.id == nvmeHWPT.id ? " (shared)"
+            : ": \(dmaDevice.unit.spec.name) cannot force snooping, so it cannot use HWPT \(nvmeHWPT.id)'s coherent domain; a second, non-coherent domain mirrors the same IOAS"))
+        for object in context.engine!.objects() where object.kind == .hwptPaging { say("    \(object)") }
+        say("  usable IOVA is now the intersection of both IOMMUs' limits: \(ranges(try ioas.iovaRanges()))")
 
-        // 5. DMA through the page tables.
+        // 6. DMA through the page tables.
         step(&summary, "The DMA engine copies \(size(UInt64(length))) from \(hex(srcIOVA)) to \(hex(dstIOVA)) through the IOMMU")
         try platform.dmaCopy(device: dmaDevice, from: srcIOVA, to: dstIOVA, length: length)
         let equal = (0..<length).allSatisfy { source[$0] == target[$0] }
@@ -150,7 +160,7 @@ public struct Demo {
         }
         say("  the target buffer now holds the source's bytes: verified all \(length)")
 
-        // 6. Isolation: what is not mapped, or not writable, is stopped.
+        // 7. Isolation: what is not mapped, or not writable, is stopped.
         step(&summary, "DMA outside the mappings is stopped")
         var one: UInt8 = 0xAA
         do {
@@ -167,14 +177,6 @@ public struct Demo {
             say("  write to unmapped IOVA 0x70000000: \(fault)")
             summary.faultsStopped += 1
         }
-
-        // 7. Cache coherency (seed 004).
-        step(&summary, "Attach \(coherent.spec.name) (behind \(coherent.unit.spec.name)) to the same IOAS (seed 004)")
-        let nvme = try context.bind(.name(coherent.spec.name))
-        let nvmeHWPT = try nvme.attach(to: ioas)
-        if nvmeHWPT.id != dmaHWPT.id { summary.domainsCreated += 1 }
-        say("  \(coherent.spec.name) got HWPT \(nvmeHWPT.id)" + (nvmeHWPT.id == dmaHWPT.id ? " (shared)" : ": a separate domain, because \(dmaDevice.unit.spec.name)'s domain cannot be used by \(coherent.unit.spec.name) (coherency and aperture differ)"))
-        for object in context.engine!.objects() where object.kind == .hwptPaging { say("    \(object)") }
 
         // 8. Reserved regions and hot-plug (seed 003).
         step(&summary, "A reserved region collides with a mapping (seed 003)")

@@ -179,10 +179,28 @@ struct MapErrnoTests {
             try h.ctx.map(ioas: ioas, userVA: va, length: 2 * pageSize, iova: 0xf_f000, permissions: rw)
         }
         #expect(try h.ctx.areas(ioas: ioas).isEmpty)
-        // Automatic placement avoids it.
-        try h.ctx.allowIOVAs(ioas: ioas, [IOVARange(first: 0xf_0000, last: 0x12_ffff)])
-        let iova = try h.ctx.map(ioas: ioas, userVA: va, length: 4 * pageSize, permissions: rw)
-        #expect(iova >= 0x11_0000 || iova + 4 * pageSize <= 0x10_0000)
+        // Automatic placement avoids it: only [0xf8000, 0xfffff] and [0x110000, 0x117fff] are
+        // allowed, and a 32 KiB map fits only in the second.
+        try h.ctx.allowIOVAs(ioas: ioas, [IOVARange(first: 0xf_8000, last: 0xf_ffff), IOVARange(first: 0x11_0000, last: 0x11_ffff)])
+        _ = try h.ctx.map(ioas: ioas, userVA: va, length: pageSize, iova: 0xf_8000, permissions: rw)
+        let va8 = h.buffer(pages: 8)
+        #expect(try h.ctx.map(ioas: ioas, userVA: va8, length: 8 * pageSize, permissions: rw) == 0x11_0000)
+    }
+
+    /// iopt_alloc_iova walks the allowed ranges with interval_tree_for_each_span, which merges
+    /// adjacent ranges into one span: an automatic IOVA may straddle two adjacent allowed ranges.
+    @Test func automaticIOVASpansAdjacentAllowedRanges() throws {
+        let h = try Harness.mock()
+        let ioas = try h.ctx.allocIOAS()
+        let va = h.buffer(pages: 48)
+        var uptr = va
+        while uptr & 0xffff != 0x8000 { uptr += pageSize }     // alignment min(64 KiB, 32 KiB)
+        try h.ctx.allowIOVAs(ioas: ioas, [IOVARange(first: 0x1_8000, last: 0x1_ffff),
+                                          IOVARange(first: 0x2_0000, last: 0x2_7fff)])
+        // Neither range alone holds 64 KiB; together they do, at 0x18000.
+        // Adjacent allowed ranges form one span for the allocator (the kernel's span
+        // iterator), so a map that fits only across both lands at 0x18000.
+        #expect(try h.ctx.map(ioas: ioas, userVA: uptr, length: 0x1_0000, permissions: rw) == 0x1_8000)
     }
 
     @Test func misalignedWithADomainIsEINVAL() throws {
@@ -621,6 +639,8 @@ struct DeviceErrnoTests {
         let dma = try h.bind("dma0"), nvme = try h.bind("nvme0")
         let a = try h.ctx.attach(device: dma, to: ioas)
         let b = try h.ctx.attach(device: nvme, to: ioas)
+        // Coherency is fixed when a domain is allocated: current kernels reuse a non-coherent
+        // HWPT for a coherent device (the pre-6.7 rule tried to upgrade it instead).
         #expect(a == b)
     }
 
@@ -659,6 +679,8 @@ struct DeviceErrnoTests {
         _ = try h.ctx.map(ioas: ioas, userVA: va, length: pageSize, iova: msiWindow.first, permissions: rw)
         h.space.unmap(va: va, length: 2 * pageSize)
         _ = try h.ctx.map(ioas: ioas, userVA: va, length: 2 * pageSize, iova: 0x10_0000, permissions: rw)
+        // An automatic domain reserves the device's regions before it pins and fills
+        // anything, so the collision (EADDRINUSE) wins over the unpinnable memory (EFAULT).
         expectErrno(.EADDRINUSE) { () throws(IOMMUError) in try h.ctx.attach(device: dev, to: ioas) }
         #expect(h.count(.hwptPaging) == 0)
     }
@@ -798,6 +820,7 @@ struct AccessErrnoTests {
         let (h, ioas, _) = try Self.setUp(permissions: .write)
         let access = try h.ctx.createAccess(ioas: ioas, needsPinPages: true)
         var byte: UInt8 = 0
+        // check_area_prot: reads (and read-only pins) need READABLE, writes WRITEABLE.
         expectErrno(.EPERM, "access_rw read") { () throws(IOMMUError) in
             try h.ctx.accessReadWrite(access, iova: Mock.apertureStart, buffer: &byte, count: 1, write: false)
         }
@@ -812,6 +835,8 @@ struct AccessErrnoTests {
     @Test func pinningFromTheMiddleOfAPageIsEINVAL() throws {
         let (h, ioas, _) = try Self.setUp()
         let access = try h.ctx.createAccess(ioas: ioas, needsPinPages: true)
+        // iopt_area_contig_is_aligned: a pin starts on a page boundary (and every area but
+        // the last ends on one).
         expectErrno(.EINVAL) { () throws(IOMMUError) in
             try h.ctx.accessPinPages(access, iova: Mock.apertureStart + 100, length: pageSize, writable: false)
         }

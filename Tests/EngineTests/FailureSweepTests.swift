@@ -196,6 +196,7 @@ struct FailureSweepTests {
             next.close()
             n += 1
         }
+        print("SWEEP \(scenario): \(points) points \(sites)")
         #expect(n <= 2000, "the sweep never reached a run without an injection")
         #expect(points >= 10, "only \(points) failure points in \(scenario): \(sites)")
         // The sweep reached the engine's main resource points.

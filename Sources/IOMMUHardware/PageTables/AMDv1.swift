@@ -40,7 +40,7 @@ enum AMDv1Encoding: RadixEntryEncoding {
     @inline(__always) static var allowsEmptyPermissions: Bool { false }
 
     @inline(__always) static func isPresent(_ entry: UInt64) -> Bool { entry & present != 0 }
-    @inline(__always) static func isTable(_ entry: UInt64, level: Int) -> Bool {
+    @inline(__always) static func isTable(_ entry: UInt64) -> Bool {
         let next = (entry >> nextLevelShift) & 7
         return next != 0 && next != 7
     }
@@ -90,6 +90,7 @@ public final class AMDv1PageTable: IOPageTable {
     public var pageSizes: UInt64 { tree.pageSizes }
     public var aperture: IOVARange { tree.aperture }
     public var tableMemoryBytes: Int { tree.tableMemoryBytes }
+    public var reservedTableMemoryBytes: Int { tree.reservedTableBytes }
     public var mappedBytes: UInt64 { tree.mappedBytes }
     public var dirtyTrackingEnabled: Bool {
         get { tree.dirtyTrackingEnabled }

@@ -84,8 +84,12 @@ public protocol IOPageTable: AnyObject {
     @discardableResult
     func markDirty(iova: UInt64) -> Bool
 
-    /// Bytes of memory used by the tables themselves.
+    /// Bytes of memory used by the tables themselves (tables in use × 4 KiB, root included).
     var tableMemoryBytes: Int { get }
+
+    /// Bytes the table allocator holds (≥ `tableMemoryBytes`: tables are carved from larger
+    /// chunks, which go back to the system when they empty).
+    var reservedTableMemoryBytes: Int { get }
 
     /// Bytes of IOVA currently mapped (the sum of all leaf sizes).
     var mappedBytes: UInt64 { get }

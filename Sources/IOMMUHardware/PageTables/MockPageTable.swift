@@ -48,7 +48,7 @@ enum MockEncoding: RadixEntryEncoding {
     @inline(__always) static var allowsEmptyPermissions: Bool { true }
 
     @inline(__always) static func isPresent(_ entry: UInt64) -> Bool { entry & valid != 0 }
-    @inline(__always) static func isTable(_ entry: UInt64, level: Int) -> Bool { entry & table != 0 }
+    @inline(__always) static func isTable(_ entry: UInt64) -> Bool { entry & table != 0 }
     @inline(__always) static func tableEntry(child: UInt64, level: Int) -> UInt64 { child | valid | table }
     @inline(__always) static func leafBits(level: Int, permissions: IOPermissions) -> UInt64 {
         var bits = valid | (level > 1 ? huge : 0)
@@ -108,6 +108,7 @@ public final class MockPageTable: IOPageTable {
     public var pageSizes: UInt64 { tree.pageSizes }
     public var aperture: IOVARange { tree.aperture }
     public var tableMemoryBytes: Int { tree.tableMemoryBytes }
+    public var reservedTableMemoryBytes: Int { tree.reservedTableBytes }
     public var mappedBytes: UInt64 { tree.mappedBytes }
     public var dirtyTrackingEnabled: Bool {
         get { tree.dirtyTrackingEnabled }
@@ -138,16 +139,16 @@ public final class MockPageTable: IOPageTable {
 
     /// The state of the IO page holding `iova`, or nil if it is not mapped.
     public func ioPage(at iova: UInt64) -> IOPageState? {
-        guard let (slot, level) = tree.leafSlot(iova) else { return nil }
+        guard let (slot, shift) = tree.leafSlot(iova) else { return nil }
         let entry = slot.pointee
-        let leafSize: UInt64 = 1 << UInt64(RadixTree<MockEncoding>.shift(level))
+        let leafSize: UInt64 = 1 << shift
         let pageOffset = (iova & (leafSize - 1)) & ~(Self.ioPageSize - 1)
         return IOPageState(physical: (entry & MockEncoding.addressMask) + pageOffset,
                            permissions: MockEncoding.permissions(of: entry),
                            dirty: entry & MockEncoding.dirty != 0,
                            start: entry & MockEncoding.start != 0 && pageOffset == 0,
                            last: entry & MockEncoding.last != 0 && pageOffset == leafSize - Self.ioPageSize,
-                           huge: level > 1)
+                           huge: leafSize > Self.ioPageSize)
     }
 
     public func translate(iova: UInt64) -> IOTranslation? { tree.translate(iova: iova) }

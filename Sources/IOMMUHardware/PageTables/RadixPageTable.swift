@@ -25,6 +25,13 @@ import UIOMMUBase
 //  - the level-1 loops (map, unmap, harvest) are straight pointer loops;
 //  - no allocation except the 4 KiB tables themselves, no Dictionary, no existentials.
 //
+// Where tables live. Each tree carves its tables out of 2 MiB chunks (`TableArena`), so the
+// tables a bulk map creates one after another are adjacent in memory. That matters more than
+// it looks: a dirty harvest streams through every level-1 table, and over tables scattered by
+// malloc (one 4 KiB aligned allocation each) the same loop runs about 4x slower than over
+// contiguous ones (measured: 16M entries, 21 ms against 5.5 ms), because the hardware
+// prefetcher and DRAM pages stop helping at every table.
+//
 // Tables are allocated as 4 KiB-aligned host memory and entries store their host addresses:
 // in uiommufd a "physical address" is a host address (see ProcessMemory), so a table pointer is
 // exactly what real hardware would find in the entry, and a test can follow it with a plain
@@ -44,8 +51,9 @@ protocol RadixEntryEncoding {
     /// Whether a leaf without read or write permission is representable.
     static var allowsEmptyPermissions: Bool { get }
     static func isPresent(_ entry: UInt64) -> Bool
-    /// For a present entry at `level` ≥ 2: does it point to a table (rather than being a leaf)?
-    static func isTable(_ entry: UInt64, level: Int) -> Bool
+    /// For a present entry above level 1: does it point to a table (rather than being a leaf)?
+    /// (No format needs the level to tell, which keeps the walk loop short.)
+    static func isTable(_ entry: UInt64) -> Bool
     /// The entry at `level` pointing to the table at host address `child` (one level down).
     static func tableEntry(child: UInt64, level: Int) -> UInt64
     /// Every bit of a leaf at `level` except the address and format-wide extras.
@@ -79,8 +87,10 @@ final class RadixTree<E: RadixEntryEncoding> {
     /// Format-wide bits added to every new leaf (VT-d SNP, AMD FC).
     var extraLeafBits: UInt64 = 0
     var dirtyTrackingEnabled = false
-    private(set) var tableCount = 0
+    private var arena = TableArena()
     private(set) var mappedBytes: UInt64 = 0
+    /// Shift of the root level's entries.
+    private let rootShift: UInt64
 
     @inline(__always) static func shift(_ level: Int) -> Int { E.granuleShift &+ 9 &* (level &- 1) }
     @inline(__always) static func index(_ iova: UInt64, _ level: Int) -> Int {
@@ -95,7 +105,10 @@ final class RadixTree<E: RadixEntryEncoding> {
     }
 
     var granule: UInt64 { 1 << UInt64(E.granuleShift) }
-    var tableMemoryBytes: Int { tableCount * Self.tableBytes }
+    /// Bytes of the tables in use (the arena reserves address space in 2 MiB chunks).
+    var tableMemoryBytes: Int { arena.liveTables * Self.tableBytes }
+    /// Bytes of the chunks the arena holds (in-use tables, free slots, chunk headers).
+    var reservedTableBytes: Int { arena.reservedBytes }
     var rootAddress: UInt64 { Self.address(of: root) }
 
     /// A tree covering `aperture` with the fewest levels in `minimumLevels...maximumLevels` that
@@ -136,35 +149,27 @@ final class RadixTree<E: RadixEntryEncoding> {
         self.pageSizes = sizes
         self.leafLevelMask = mask
         self.failures = failures
-        self.root = Self.rawTable()
-        self.tableCount = 1
+        self.rootShift = UInt64(Self.shift(levels))
+        self.root = arena.allocate()
     }
 
     deinit {
         _ = freeSubtree(root, level: levels)
+        arena.releaseSpare()
     }
 
     // MARK: Tables
-
-    private static func rawTable() -> UnsafeMutablePointer<UInt64> {
-        let table = UnsafeMutableRawPointer.allocate(byteCount: tableBytes, alignment: tableBytes)
-            .bindMemory(to: UInt64.self, capacity: entriesPerTable)
-        table.initialize(repeating: 0, count: entriesPerTable)
-        return table
-    }
 
     /// A zeroed table, or nil when the failure injector says this allocation fails.
     @inline(__always)
     private func allocateTable() -> UnsafeMutablePointer<UInt64>? {
         if failures.shouldFail("pagetable.alloc") { return nil }
-        tableCount += 1
-        return Self.rawTable()
+        return arena.allocate()
     }
 
     @inline(__always)
     private func freeTable(_ table: UnsafeMutablePointer<UInt64>) {
-        table.deallocate()
-        tableCount -= 1
+        arena.free(table)
     }
 
     private func isEmpty(_ table: UnsafeMutablePointer<UInt64>) -> Bool {
@@ -277,7 +282,7 @@ final class RadixTree<E: RadixEntryEncoding> {
                     guard let fresh = allocateTable() else { return .noMemory }
                     slot.pointee = E.tableEntry(child: Self.address(of: fresh), level: level)
                     child = fresh
-                } else if E.isTable(entry, level: level) {
+                } else if E.isTable(entry) {
                     child = Self.table(at: entry)
                 } else {
                     return .occupied        // a large leaf covers part of the request
@@ -303,7 +308,7 @@ final class RadixTree<E: RadixEntryEncoding> {
         guard level > 1 else { return }
         let slot = table + Self.index(iova, level)
         let entry = slot.pointee
-        guard E.isPresent(entry), E.isTable(entry, level: level) else { return }
+        guard E.isPresent(entry), E.isTable(entry) else { return }
         let child = Self.table(at: entry)
         prune(child, level: level - 1, iova: iova)
         if isEmpty(child) {
@@ -360,7 +365,7 @@ final class RadixTree<E: RadixEntryEncoding> {
             let base = tableBase | UInt64(i) << shift
             let entryLast = base | (size - 1)
             let whole = base >= first && entryLast <= last
-            if !E.isTable(entry, level: level) {
+            if !E.isTable(entry) {
                 if whole {
                     slot.pointee = 0
                     bytes &+= size
@@ -394,7 +399,7 @@ final class RadixTree<E: RadixEntryEncoding> {
             for i in 0..<Self.entriesPerTable {
                 let entry = table[i]
                 guard E.isPresent(entry) else { continue }
-                if E.isTable(entry, level: level) {
+                if E.isTable(entry) {
                     bytes &+= freeSubtree(Self.table(at: entry), level: level - 1)
                 } else {
                     bytes &+= 1 << shift
@@ -407,40 +412,42 @@ final class RadixTree<E: RadixEntryEncoding> {
 
     // MARK: Walks
 
-    /// The leaf entry mapping `iova` and its level, or nil.
+    /// The leaf entry mapping `iova` and log2 of the leaf's size, or nil. The loop steps the
+    /// shift down by 9 rather than recomputing it from a level number: a short loop body lets
+    /// the CPU overlap more independent walks, and a random walk is all cache misses.
     @inline(__always)
-    func leafSlot(_ iova: UInt64) -> (slot: UnsafeMutablePointer<UInt64>, level: Int)? {
+    func leafSlot(_ iova: UInt64) -> (slot: UnsafeMutablePointer<UInt64>, shift: UInt64)? {
         guard iova <= coverageLast else { return nil }
         var table = root
-        var level = levels
+        var shift = rootShift
         while true {
-            let slot = table + Self.index(iova, level)
+            let slot = table + Int(truncatingIfNeeded: (iova &>> shift) & 511)
             let entry = slot.pointee
             guard E.isPresent(entry) else { return nil }
-            if level == 1 || !E.isTable(entry, level: level) { return (slot, level) }
+            if shift == UInt64(E.granuleShift) || !E.isTable(entry) { return (slot, shift) }
             table = Self.table(at: entry)
-            level -= 1
+            shift &-= 9
         }
     }
 
     @inline(__always)
-    func translation(of entry: UInt64, level: Int, iova: UInt64) -> IOTranslation {
-        let size: UInt64 = 1 << UInt64(Self.shift(level))
-        return IOTranslation(physical: (entry & E.addressMask & ~(size - 1)) | (iova & (size - 1)),
-                             permissions: E.permissions(of: entry), leafSize: size,
+    func translation(of entry: UInt64, shift: UInt64, iova: UInt64) -> IOTranslation {
+        let mask: UInt64 = (1 &<< shift) &- 1
+        return IOTranslation(physical: (entry & E.addressMask & ~mask) | (iova & mask),
+                             permissions: E.permissions(of: entry), leafSize: mask &+ 1,
                              dirty: entry & E.dirtyBit != 0)
     }
 
     func translate(iova: UInt64) -> IOTranslation? {
-        guard let (slot, level) = leafSlot(iova) else { return nil }
-        return translation(of: slot.pointee, level: level, iova: iova)
+        guard let (slot, shift) = leafSlot(iova) else { return nil }
+        return translation(of: slot.pointee, shift: shift, iova: iova)
     }
 
     /// The walk a DMA makes: when the leaf permits the access it sets the accessed bit, and on
     /// a write with tracking enabled the dirty bit (an access the leaf forbids changes nothing:
     /// it faults, and hardware records A/D only for translations it completes).
     func walkForDMA(iova: UInt64, write: Bool) -> IOTranslation? {
-        guard let (slot, level) = leafSlot(iova) else { return nil }
+        guard let (slot, shift) = leafSlot(iova) else { return nil }
         var entry = slot.pointee
         if E.permissions(of: entry).contains(write ? .write : .read) {
             var updated = entry | E.accessedBit
@@ -450,7 +457,7 @@ final class RadixTree<E: RadixEntryEncoding> {
                 entry = updated
             }
         }
-        return translation(of: entry, level: level, iova: iova)
+        return translation(of: entry, shift: shift, iova: iova)
     }
 
     func markDirty(iova: UInt64) -> Bool {
@@ -481,7 +488,9 @@ final class RadixTree<E: RadixEntryEncoding> {
         var cleared = false
         if level == 1 {
             // Every level-1 entry is a leaf, and only present leaves ever carry the dirty bit.
-            for i in lo...hi {
+            // Most entries are clean, so test eight at a time with one branch: the scan then
+            // runs at memory speed instead of paying a branch per entry.
+            @inline(__always) func one(_ i: Int) {
                 let entry = table[i]
                 if entry & dirty != 0 {
                     if clear {
@@ -491,13 +500,25 @@ final class RadixTree<E: RadixEntryEncoding> {
                     visit(tableBase | UInt64(i) << shift, size)
                 }
             }
+            var i = lo
+            while i &+ 8 <= hi &+ 1 {
+                let p = table + i
+                if (p[0] | p[1] | p[2] | p[3] | p[4] | p[5] | p[6] | p[7]) & dirty != 0 {
+                    for k in 0..<8 { one(i &+ k) }
+                }
+                i &+= 8
+            }
+            while i <= hi {
+                one(i)
+                i &+= 1
+            }
             return cleared
         }
         for i in lo...hi {
             let entry = table[i]
             guard E.isPresent(entry) else { continue }
             let base = tableBase | UInt64(i) << shift
-            if E.isTable(entry, level: level) {
+            if E.isTable(entry) {
                 let entryLast = base | (size - 1)
                 if harvest(Self.table(at: entry), level: level - 1, first: max(first, base),
                            last: min(last, entryLast), clear: clear, visit: visit) {
@@ -512,5 +533,111 @@ final class RadixTree<E: RadixEntryEncoding> {
             }
         }
         return cleared
+    }
+}
+
+/// Where a tree's tables come from: 2 MiB chunks, 2 MiB aligned, cut into 512 slots of 4 KiB.
+/// Slot 0 of each chunk is the chunk's header, so the chunk of any table is found by masking
+/// its address. Freed slots are linked through their first word; chunks with a free slot are on
+/// a doubly linked list, most recently used first, so allocation stays in one chunk and bulk
+/// maps get adjacent tables. A chunk whose last table is freed goes back to the allocator,
+/// except one spare kept to absorb map/unmap churn.
+struct TableArena {
+    static var chunkBytes: Int { 1 << 21 }
+    static var slotsPerChunk: Int { 512 }
+
+    struct Chunk {
+        var live = 0                               // slots handed out
+        var bump = 1                               // first never-used slot
+        var free: UnsafeMutablePointer<UInt64>?    // freed slots, linked through word 0
+        var previous: UnsafeMutablePointer<Chunk>?
+        var next: UnsafeMutablePointer<Chunk>?
+        var listed = false                         // on the with-room list
+    }
+
+    private(set) var liveTables = 0
+    private var chunks = 0
+    private var withRoom: UnsafeMutablePointer<Chunk>?
+    private var spare: UnsafeMutablePointer<Chunk>?
+
+    var reservedBytes: Int { (chunks + (spare == nil ? 0 : 1)) * Self.chunkBytes }
+
+    @inline(__always)
+    private static func chunk(of table: UnsafeMutablePointer<UInt64>) -> UnsafeMutablePointer<Chunk> {
+        let base = UInt(bitPattern: table) & ~UInt(chunkBytes - 1)
+        return UnsafeMutablePointer<Chunk>(bitPattern: base).unsafelyUnwrapped
+    }
+
+    private mutating func link(_ c: UnsafeMutablePointer<Chunk>) {
+        c.pointee.previous = nil
+        c.pointee.next = withRoom
+        withRoom?.pointee.previous = c
+        withRoom = c
+        c.pointee.listed = true
+    }
+
+    private mutating func unlink(_ c: UnsafeMutablePointer<Chunk>) {
+        if let p = c.pointee.previous { p.pointee.next = c.pointee.next } else { withRoom = c.pointee.next }
+        c.pointee.next?.pointee.previous = c.pointee.previous
+        c.pointee.previous = nil
+        c.pointee.next = nil
+        c.pointee.listed = false
+    }
+
+    /// A zeroed 4 KiB table.
+    mutating func allocate() -> UnsafeMutablePointer<UInt64> {
+        let c: UnsafeMutablePointer<Chunk>
+        if let head = withRoom {
+            c = head
+        } else {
+            if let s = spare {
+                c = s
+                spare = nil
+            } else {
+                c = UnsafeMutableRawPointer.allocate(byteCount: Self.chunkBytes, alignment: Self.chunkBytes)
+                    .bindMemory(to: Chunk.self, capacity: 1)
+            }
+            c.initialize(to: Chunk())
+            chunks += 1
+            link(c)
+        }
+        let table: UnsafeMutablePointer<UInt64>
+        if let slot = c.pointee.free {
+            c.pointee.free = UnsafeMutablePointer<UInt64>(bitPattern: UInt(truncatingIfNeeded: slot.pointee))
+            table = slot
+        } else {
+            table = (UnsafeMutableRawPointer(c) + c.pointee.bump * 4096).assumingMemoryBound(to: UInt64.self)
+            c.pointee.bump += 1
+        }
+        c.pointee.live += 1
+        if c.pointee.free == nil && c.pointee.bump == Self.slotsPerChunk { unlink(c) }
+        liveTables += 1
+        table.initialize(repeating: 0, count: 512)
+        return table
+    }
+
+    mutating func free(_ table: UnsafeMutablePointer<UInt64>) {
+        let c = Self.chunk(of: table)
+        table.pointee = UInt64(UInt(bitPattern: c.pointee.free))
+        c.pointee.free = table
+        c.pointee.live -= 1
+        liveTables -= 1
+        if c.pointee.live == 0 {
+            if c.pointee.listed { unlink(c) }
+            chunks -= 1
+            if spare == nil {
+                spare = c
+            } else {
+                UnsafeMutableRawPointer(c).deallocate()
+            }
+        } else if !c.pointee.listed {
+            link(c)
+        }
+    }
+
+    /// Returns the spare chunk (when the tree is destroyed, after every table was freed).
+    mutating func releaseSpare() {
+        if let s = spare { UnsafeMutableRawPointer(s).deallocate() }
+        spare = nil
     }
 }

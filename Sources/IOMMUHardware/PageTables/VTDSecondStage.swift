@@ -53,7 +53,7 @@ enum VTDSecondStageEncoding: RadixEntryEncoding {
     @inline(__always) static var allowsEmptyPermissions: Bool { false }
 
     @inline(__always) static func isPresent(_ entry: UInt64) -> Bool { entry & (read | write) != 0 }
-    @inline(__always) static func isTable(_ entry: UInt64, level: Int) -> Bool { entry & pageSize == 0 }
+    @inline(__always) static func isTable(_ entry: UInt64) -> Bool { entry & pageSize == 0 }
     @inline(__always) static func tableEntry(child: UInt64, level: Int) -> UInt64 { child | read | write }
     @inline(__always) static func leafBits(level: Int, permissions: IOPermissions) -> UInt64 {
         var bits: UInt64 = level > 1 ? pageSize : 0
@@ -97,6 +97,7 @@ public final class VTDSecondStagePageTable: IOPageTable {
     public var pageSizes: UInt64 { tree.pageSizes }
     public var aperture: IOVARange { tree.aperture }
     public var tableMemoryBytes: Int { tree.tableMemoryBytes }
+    public var reservedTableMemoryBytes: Int { tree.reservedTableBytes }
     public var mappedBytes: UInt64 { tree.mappedBytes }
     public var dirtyTrackingEnabled: Bool {
         get { tree.dirtyTrackingEnabled }
