@@ -32,6 +32,10 @@ let package = Package(
         // The iommufd object model. Makes no syscalls.
         .target(name: "IOMMUEngine", dependencies: ["UIOMMUBase", "ProcessMemory", "IOMMUHardware"],
                 swiftSettings: strict),
+        // The Linux ABI: ioctl numbers, struct layouts, the size rule, errno; VFIO compat and
+        // the selftest command set. The only place that knows struct layouts.
+        .target(name: "IOMMUABI", dependencies: ["UIOMMUBase", "ProcessMemory", "IOMMUHardware", "IOMMUEngine"],
+                swiftSettings: strict),
         // Public typed Swift API over a back end (the engine today; the kernel later).
         .target(name: "IOMMUFD", dependencies: ["UIOMMUBase", "ProcessMemory", "IOMMUHardware", "IOMMUEngine"],
                 swiftSettings: strict),
