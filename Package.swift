@@ -18,6 +18,8 @@ let package = Package(
     products: [
         .library(name: "IOMMUFD", targets: ["IOMMUFD"]),
         .executable(name: "uiommufd", targets: ["uiommufd"]),
+        // The LD_PRELOAD interposer (Swift stdlib linked statically, loads into any C program).
+        .library(name: "uiommufd-preload", type: .dynamic, targets: ["UIOMMUPreload"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -36,6 +38,12 @@ let package = Package(
         // the selftest command set. The only place that knows struct layouts.
         .target(name: "IOMMUABI", dependencies: ["UIOMMUBase", "ProcessMemory", "IOMMUHardware", "IOMMUEngine"],
                 swiftSettings: strict),
+        // The interposer's C half: symbol interposition and the fd table. Linked only into
+        // the preload library (it replaces open/ioctl/close for whoever links it).
+        .target(name: "CUIOMMUInterpose"),
+        // The interposer's Swift half: the entry points the C half calls.
+        .target(name: "UIOMMUPreload", dependencies: ["CUIOMMUInterpose", "IOMMUABI", "IOMMUEngine", "ProcessMemory", "IOMMUHardware", "UIOMMUBase"],
+                swiftSettings: strict),
         // Public typed Swift API over a back end (the engine today; the kernel later).
         .target(name: "IOMMUFD", dependencies: ["UIOMMUBase", "ProcessMemory", "IOMMUHardware", "IOMMUEngine"],
                 swiftSettings: strict),
@@ -50,6 +58,7 @@ let package = Package(
         .testTarget(name: "HardwareTests", dependencies: ["IOMMUHardware", "ProcessMemory", "UIOMMUBase"]),
         .testTarget(name: "EngineTests", dependencies: ["IOMMUEngine", "IOMMUHardware", "ProcessMemory", "UIOMMUBase"]),
         .testTarget(name: "IOMMUFDTests", dependencies: ["IOMMUFD"]),
+        .testTarget(name: "ABITests", dependencies: ["IOMMUABI", "IOMMUEngine", "IOMMUHardware", "ProcessMemory", "UIOMMUBase"]),
         .testTarget(name: "CommandTests", dependencies: ["UIOMMUCommands"]),
     ],
     swiftLanguageModes: [.v6]

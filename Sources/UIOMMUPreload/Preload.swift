@@ -1,0 +1,2 @@
+import CUIOMMUInterpose
+public enum _UIOMMUPreloadPlaceholder {}
