@@ -18,7 +18,8 @@ private let nextDomainID = Atomic<UInt32>(1)
 public final class IOMMUDomain: @unchecked Sendable {
     /// How the domain is created (iommufd's HWPT_ALLOC flags plus the device's properties).
     public struct Options: Hashable, Sendable {
-        /// Force snooping of every DMA (the VT-d SNP bit / AMD FC bit in every leaf).
+        /// Force snooping of every DMA (the VT-d SNP bit / AMD FC bit / ARM S2FWB write-back
+        /// MemAttr in every leaf).
         public var enforceCacheCoherency: Bool
         /// The domain supports dirty tracking (IOMMU_HWPT_ALLOC_DIRTY_TRACKING).
         public var dirtyTrackingCapable: Bool
@@ -65,9 +66,8 @@ public final class IOMMUDomain: @unchecked Sendable {
 
     /// A domain for devices behind `unit`, with a page table of `unit.format` over
     /// `unit.aperture` using `unit.pageSizes`. Throws EOPNOTSUPP when `options` ask for what the
-    /// unit lacks (dirty tracking, nesting, snoop control) or the format is not implemented,
-    /// EINVAL for an aperture or page sizes the format cannot express, ENOMEM (via `failures`)
-    /// when the root table cannot be allocated.
+    /// unit lacks (dirty tracking, nesting, snoop control), EINVAL for an aperture or page sizes
+    /// the format cannot express, ENOMEM (via `failures`) when the root table cannot be allocated.
     public init(unit: IOMMUUnitSpec, options: Options = Options(),
                 failures: FailureInjector = FailureInjector()) throws(IOMMUError) {
         if options.dirtyTrackingCapable && !unit.dirtyTracking {
@@ -97,7 +97,13 @@ public final class IOMMUDomain: @unchecked Sendable {
             snoopIsPerLeaf = false
             granuleShift = 11
         case .armLPAE:
-            throw IOMMUError(.EOPNOTSUPP, "the \(unit.format.rawValue) page-table format is not implemented")
+            // Coherency is the S2FWB write-back MemAttr in every leaf (per leaf, like SNP/FC);
+            // a dirty-capable domain maps writable leaves writable-clean (DBM) for HTTU.
+            table = try ARMLPAEPageTable(aperture: unit.aperture, pageSizes: unit.pageSizes,
+                                         forceCoherent: options.enforceCacheCoherency,
+                                         hardwareDirty: options.dirtyTrackingCapable, failures: failures)
+            snoopIsPerLeaf = true
+            granuleShift = 12
         }
         self.table = table
         self.id = Self.allocateID()
@@ -190,8 +196,8 @@ public final class IOMMUDomain: @unchecked Sendable {
 
     // MARK: Dirty tracking
 
-    /// Turns hardware dirty tracking on or off (VT-d SSADS, AMD HD). EOPNOTSUPP unless the
-    /// domain was created dirty-tracking capable. Enabling does not clear old dirty bits; the
+    /// Turns hardware dirty tracking on or off (VT-d SSADS, AMD HD, SMMU S2HD). EOPNOTSUPP
+    /// unless the domain was created dirty-tracking capable. Enabling does not clear old dirty bits; the
     /// caller does that with `readAndClearDirty`, as iommufd does. A change invalidates IOTLBs,
     /// which remember whether a write must walk to set the dirty bit.
     public func setDirtyTracking(_ on: Bool) throws(IOMMUError) {
@@ -241,7 +247,7 @@ public final class IOMMUDomain: @unchecked Sendable {
 
     /// Upgrades the domain to enforce cache coherency (iommu_domain's
     /// enforce_cache_coherency). Needs a unit that can force snooping and, for formats that
-    /// keep the snoop bit per leaf (VT-d, AMD), an empty table: existing leaves would keep
+    /// keep the snoop bit per leaf (VT-d, AMD, ARM), an empty table: existing leaves would keep
     /// snooping optional. True if the domain now enforces.
     public func enforceCacheCoherency() -> Bool {
         lock.withLock { _ in
@@ -250,6 +256,7 @@ public final class IOMMUDomain: @unchecked Sendable {
             if snoopIsPerLeaf && table.mappedBytes != 0 { return false }
             if let vtd = table as? VTDSecondStagePageTable { vtd.snoopControl = true }
             if let amd = table as? AMDv1PageTable { amd.forceCoherent = true }
+            if let arm = table as? ARMLPAEPageTable { arm.forceCoherent = true }
             enforcing = true
             return true
         }

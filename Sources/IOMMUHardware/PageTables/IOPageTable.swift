@@ -80,7 +80,8 @@ public protocol IOPageTable: AnyObject {
                            visit: (UInt64, UInt64) -> Void)
 
     /// Sets the dirty bit of the leaf mapping `iova`, whatever its permissions and whether or
-    /// not tracking is enabled (the selftest's dirty injection). False if `iova` is unmapped.
+    /// not tracking is enabled (the selftest's dirty injection). False if `iova` is unmapped, or
+    /// if the format cannot record dirtiness for that leaf (ARM stage 2: a leaf without DBM).
     @discardableResult
     func markDirty(iova: UInt64) -> Bool
 

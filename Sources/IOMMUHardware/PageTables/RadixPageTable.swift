@@ -59,6 +59,26 @@ protocol RadixEntryEncoding {
     /// Every bit of a leaf at `level` except the address and format-wide extras.
     static func leafBits(level: Int, permissions: IOPermissions) -> UInt64
     static func permissions(of entry: UInt64) -> IOPermissions
+
+    // Optional (defaults below keep VT-d, AMD and the mock as they were); ARM LPAE needs both.
+
+    /// The bits that are all set exactly when a leaf is dirty. Default: `dirtyBit` alone. ARM
+    /// stage 2 with hardware dirty management: DBM | S2AP[7] (S2AP[7] without DBM is plain
+    /// write permission, not dirt). A DMA write and `markDirty` set `dirtyBit`, a harvest
+    /// clears it; `markDirty` refuses a leaf lacking the other bits of the pattern.
+    static var dirtyPattern: UInt64 { get }
+    /// Every bit of a new leaf, given the tree's `extraLeafBits`. Default: `leafBits | extra`.
+    /// A format whose extras depend on the permissions (ARM: DBM on writable leaves only)
+    /// interprets `extra` itself.
+    static func leafBits(level: Int, permissions: IOPermissions, extra: UInt64) -> UInt64
+}
+
+extension RadixEntryEncoding {
+    @inline(__always) static var dirtyPattern: UInt64 { dirtyBit }
+    @inline(__always) static func leafBits(level: Int, permissions: IOPermissions, extra: UInt64) -> UInt64 {
+        leafBits(level: level, permissions: permissions) | extra
+    }
+    @inline(__always) static func isDirty(_ entry: UInt64) -> Bool { entry & dirtyPattern == dirtyPattern }
 }
 
 /// Why a fill stopped early.
@@ -84,7 +104,8 @@ final class RadixTree<E: RadixEntryEncoding> {
     /// `pageSizes` as levels (bit l: level l may hold leaves).
     let leafLevelMask: UInt32
     let failures: FailureInjector
-    /// Format-wide bits added to every new leaf (VT-d SNP, AMD FC).
+    /// Format-wide bits added to every new leaf (VT-d SNP, AMD FC; ARM: memory attributes and
+    /// DBM-on-writable, see `RadixEntryEncoding.leafBits(level:permissions:extra:)`).
     var extraLeafBits: UInt64 = 0
     var dirtyTrackingEnabled = false
     private var arena = TableArena()
@@ -252,7 +273,7 @@ final class RadixTree<E: RadixEntryEncoding> {
         if level == 1 {
             // The hot loop: one store per leaf. Only an already-present entry (a caller that
             // broke the "currently unmapped" contract) stops it.
-            let bits = E.leafBits(level: 1, permissions: c.permissions) | extraLeafBits
+            let bits = E.leafBits(level: 1, permissions: c.permissions, extra: extraLeafBits)
             let count = min(Self.entriesPerTable - index, Int(truncatingIfNeeded: c.remaining >> shift))
             let first = table + index
             let end = first + count
@@ -268,7 +289,7 @@ final class RadixTree<E: RadixEntryEncoding> {
             return slot == end ? .ok : .occupied
         }
         let leafHere = c.allowed & (1 << UInt32(level)) != 0
-        let bits = E.leafBits(level: level, permissions: c.permissions) | extraLeafBits
+        let bits = E.leafBits(level: level, permissions: c.permissions, extra: extraLeafBits)
         while index < Self.entriesPerTable && c.remaining != 0 {
             let slot = table + index
             let entry = slot.pointee
@@ -435,7 +456,7 @@ final class RadixTree<E: RadixEntryEncoding> {
         let mask: UInt64 = (1 &<< shift) &- 1
         return IOTranslation(physical: (entry & E.addressMask & ~mask) | (iova & mask),
                              permissions: E.permissions(of: entry), leafSize: mask &+ 1,
-                             dirty: entry & E.dirtyBit != 0)
+                             dirty: E.isDirty(entry))
     }
 
     func translate(iova: UInt64) -> IOTranslation? {
@@ -460,9 +481,14 @@ final class RadixTree<E: RadixEntryEncoding> {
         return translation(of: entry, shift: shift, iova: iova)
     }
 
+    /// Sets the leaf's dirty bit. False if `iova` is unmapped, or if the leaf cannot be dirty
+    /// without a permission change (ARM: no DBM, i.e. read-only or not hardware-managed).
     func markDirty(iova: UInt64) -> Bool {
         guard let (slot, _) = leafSlot(iova) else { return false }
-        slot.pointee |= E.dirtyBit
+        let entry = slot.pointee
+        let qualifier = E.dirtyPattern & ~E.dirtyBit
+        guard entry & qualifier == qualifier else { return false }
+        slot.pointee = entry | E.dirtyBit
         return true
     }
 
@@ -489,10 +515,11 @@ final class RadixTree<E: RadixEntryEncoding> {
         if level == 1 {
             // Every level-1 entry is a leaf, and only present leaves ever carry the dirty bit.
             // Most entries are clean, so test eight at a time with one branch: the scan then
-            // runs at memory speed instead of paying a branch per entry.
+            // runs at memory speed instead of paying a branch per entry. (The prefilter tests
+            // `dirtyBit` only, which every dirty entry has; `isDirty` decides.)
             @inline(__always) func one(_ i: Int) {
                 let entry = table[i]
-                if entry & dirty != 0 {
+                if E.isDirty(entry) {
                     if clear {
                         table[i] = entry & ~dirty
                         cleared = true
@@ -524,7 +551,7 @@ final class RadixTree<E: RadixEntryEncoding> {
                            last: min(last, entryLast), clear: clear, visit: visit) {
                     cleared = true
                 }
-            } else if entry & dirty != 0 {
+            } else if E.isDirty(entry) {
                 if clear {
                     table[i] = entry & ~dirty
                     cleared = true
