@@ -183,21 +183,27 @@ extension IOMMUFDContext {
     }
 
     /// iopt_unmap_iova_range. Returns the bytes unmapped and the error that stopped it, if any
-    /// (ENOENT when nothing was mapped).
+    /// (ENOENT when nothing was mapped). Areas are taken in IOVA order; the first one only
+    /// partly inside stops the walk, and the whole areas before it stay unmapped, as in Linux.
     func unmapRange(_ iopt: IOPagetable, first: UInt64, last: UInt64) -> (UInt64, IOMMUError?) {
+        let candidates = iopt.areas.indexes(in: first, last)
         var unmapped: UInt64 = 0
-        while let area = iopt.areas.first(in: first, last) {
+        var end = candidates.lowerBound
+        var stop: IOMMUError?
+        for k in candidates {
+            let area = iopt.areas.areas[k]
             if area.iova < first || area.last > last {
-                return (unmapped, IOMMUError(.ENOENT, "the area at 0x\(String(area.iova, radix: 16)) is only partly inside"))
+                stop = IOMMUError(.ENOENT, "the area at 0x\(String(area.iova, radix: 16)) is only partly inside")
+                break
             }
-            if area.accessPins > 0 {
-                notifyAccessesOfUnmap(iopt, area: area)
-            }
+            if area.accessPins > 0 { notifyAccessesOfUnmap(iopt, area: area) }
             iopt.unfillDomains(area)
-            iopt.areas.remove(area)
             area.pages.areaRefs -= 1
             unmapped += area.length
+            end = k + 1
         }
+        iopt.areas.removeSubrange(candidates.lowerBound..<end)
+        if let stop { return (unmapped, stop) }
         return unmapped > 0 ? (unmapped, nil) : (0, IOMMUError(.ENOENT, "nothing mapped in range"))
     }
 

@@ -56,8 +56,13 @@ struct Reservation {
 }
 
 /// Sorted, disjoint areas with binary-search lookup.
+///
+/// The search runs over `lasts`, a plain array of 8-byte keys (each area's last IOVA), so a
+/// lookup touches one cache line per step and never dereferences an area until it has found
+/// it. Since areas never overlap, the first area whose last ≥ x is the only one that can
+/// contain x.
 struct AreaIndex {
-    private(set) var starts: [UInt64] = []
+    private(set) var lasts: [UInt64] = []
     private(set) var areas: [Area] = []
 
     var count: Int { areas.count }
@@ -65,12 +70,14 @@ struct AreaIndex {
 
     /// Index of the first area whose last >= iova.
     func lowerBound(_ iova: UInt64) -> Int {
-        var lo = 0, hi = starts.count
-        while lo < hi {
-            let mid = (lo + hi) >> 1
-            if areas[mid].last < iova { lo = mid + 1 } else { hi = mid }
+        lasts.withUnsafeBufferPointer { keys in
+            var lo = 0, n = keys.count
+            while n > 0 {
+                let half = n >> 1
+                if keys[lo + half] < iova { lo += half + 1; n -= half + 1 } else { n = half }
+            }
+            return lo
         }
-        return lo
     }
 
     /// The first area intersecting `[first, last]`.
@@ -95,17 +102,31 @@ struct AreaIndex {
         return areas[k..<e]
     }
 
+    /// Index range of the areas intersecting `[first, last]`.
+    func indexes(in first: UInt64, _ last: UInt64) -> Range<Int> {
+        let k = lowerBound(first)
+        var e = k
+        while e < areas.count, areas[e].iova <= last { e += 1 }
+        return k..<e
+    }
+
     mutating func insert(_ area: Area) {
         let k = lowerBound(area.iova)
-        starts.insert(area.iova, at: k)
+        lasts.insert(area.last, at: k)
         areas.insert(area, at: k)
     }
 
     mutating func remove(_ area: Area) {
         let k = lowerBound(area.iova)
         precondition(k < areas.count && areas[k] === area, "area index corrupt")
-        starts.remove(at: k)
+        lasts.remove(at: k)
         areas.remove(at: k)
+    }
+
+    /// Removes a run of areas at once (unmapping many areas stays linear).
+    mutating func removeSubrange(_ range: Range<Int>) {
+        lasts.removeSubrange(range)
+        areas.removeSubrange(range)
     }
 }
 

@@ -568,7 +568,9 @@ final class RadixTree<E: RadixEntryEncoding> {
 /// its address. Freed slots are linked through their first word; chunks with a free slot are on
 /// a doubly linked list, most recently used first, so allocation stays in one chunk and bulk
 /// maps get adjacent tables. A chunk whose last table is freed goes back to the allocator,
-/// except one spare kept to absorb map/unmap churn.
+/// except up to `maxSpares` kept (already faulted in) to absorb map/unmap churn: a VMM that
+/// unmaps and remaps a guest region must not pay the page faults of fresh table memory again.
+/// Spares are linked through their header's `next`.
 struct TableArena {
     static var chunkBytes: Int { 1 << 21 }
     static var slotsPerChunk: Int { 512 }
@@ -585,9 +587,12 @@ struct TableArena {
     private(set) var liveTables = 0
     private var chunks = 0
     private var withRoom: UnsafeMutablePointer<Chunk>?
-    private var spare: UnsafeMutablePointer<Chunk>?
+    private var spares: UnsafeMutablePointer<Chunk>?
+    private var spareCount = 0
+    /// At most 16 MiB of table memory kept per tree after unmaps.
+    static var maxSpares: Int { 8 }
 
-    var reservedBytes: Int { (chunks + (spare == nil ? 0 : 1)) * Self.chunkBytes }
+    var reservedBytes: Int { (chunks + spareCount) * Self.chunkBytes }
 
     @inline(__always)
     private static func chunk(of table: UnsafeMutablePointer<UInt64>) -> UnsafeMutablePointer<Chunk> {
@@ -617,9 +622,10 @@ struct TableArena {
         if let head = withRoom {
             c = head
         } else {
-            if let s = spare {
+            if let s = spares {
                 c = s
-                spare = nil
+                spares = s.pointee.next
+                spareCount -= 1
             } else {
                 c = UnsafeMutableRawPointer.allocate(byteCount: Self.chunkBytes, alignment: Self.chunkBytes)
                     .bindMemory(to: Chunk.self, capacity: 1)
@@ -652,8 +658,10 @@ struct TableArena {
         if c.pointee.live == 0 {
             if c.pointee.listed { unlink(c) }
             chunks -= 1
-            if spare == nil {
-                spare = c
+            if spareCount < Self.maxSpares {
+                c.pointee.next = spares
+                spares = c
+                spareCount += 1
             } else {
                 UnsafeMutableRawPointer(c).deallocate()
             }
@@ -662,9 +670,12 @@ struct TableArena {
         }
     }
 
-    /// Returns the spare chunk (when the tree is destroyed, after every table was freed).
+    /// Returns the spare chunks (when the tree is destroyed, after every table was freed).
     mutating func releaseSpare() {
-        if let s = spare { UnsafeMutableRawPointer(s).deallocate() }
-        spare = nil
+        while let s = spares {
+            spares = s.pointee.next
+            UnsafeMutableRawPointer(s).deallocate()
+        }
+        spareCount = 0
     }
 }
