@@ -7,7 +7,7 @@
 // are installed through a `FileDescriptorBroker`. The interposer implements both; tests
 // implement them over a simulated address space.
 
-public import UIOMMUBase
+import UIOMMUBase
 public import ProcessMemory
 public import IOMMUEngine
 

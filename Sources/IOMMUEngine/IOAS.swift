@@ -380,6 +380,15 @@ extension IOMMUFDContext {
         }
     }
 
+    /// The area that maps `iova` in an IOAS, if any: (iova, last, permissions).
+    public func area(ioas ioasID: UInt32, containing iova: UInt64) throws(IOMMUError) -> (iova: UInt64, last: UInt64, permissions: IOPermissions)? {
+        try lock.withLock { () throws(IOMMUError) -> (iova: UInt64, last: UInt64, permissions: IOPermissions)? in
+            try checkOpen()
+            guard let a = try self.ioas(ioasID).iopt.areas.area(containing: iova) else { return nil }
+            return (a.iova, a.last, a.permissions)
+        }
+    }
+
     /// Every area of an IOAS, for inspection: (iova, last, permissions).
     public func areas(ioas ioasID: UInt32) throws(IOMMUError) -> [(iova: UInt64, last: UInt64, permissions: IOPermissions)] {
         try lock.withLock { () throws(IOMMUError) -> [(iova: UInt64, last: UInt64, permissions: IOPermissions)] in

@@ -1,0 +1,373 @@
+// Handlers of the hardware-facing ioctls: HWPT_ALLOC (paging), GET_HW_INFO, dirty tracking
+// (hw_pagetable.c, device.c, io_pagetable.c), and the answers of the features the engine does
+// not model (nesting, fault queues, vIOMMU, vDEVICE, vEVENTQ, HW queues, change-process),
+// given as a kernel whose IOMMU drivers lack them would give them.
+
+import UIOMMUBase
+import IOMMUHardware
+import IOMMUEngine
+
+extension Handlers {
+    // MARK: IOMMU_HWPT_ALLOC
+
+    static let hwptAlloc: IoctlHandler = { file, call in
+        typealias L = ABI.HWPTAlloc
+        let b = call.bytes
+        guard b.u32(L.reserved) == 0 else { return call.fail(.EOPNOTSUPP, "__reserved is not zero") }
+        let dataType = b.u32(L.dataType), dataLen = b.u32(L.dataLen)
+        if (dataType == IOMMUConstants.hwptDataNone) != (dataLen == 0) {
+            return call.fail(.EINVAL, "data_type and data_len disagree")
+        }
+        let devID = b.u32(L.devID), ptID = b.u32(L.ptID), flags = b.u32(L.flags)
+        // iommufd_get_device: ENOENT.
+        do throws(IOMMUError) {
+            _ = try file.context.attachedHWPT(device: devID)
+        } catch {
+            return call.fail(error)
+        }
+        // A paging HWPT takes no driver data: the drivers refuse user data for a paging
+        // domain (EOPNOTSUPP) after the flag checks, which all fail with EOPNOTSUPP too.
+        if dataLen != 0, ioasLookupError(file, ptID) == nil {
+            return call.fail(.EOPNOTSUPP, "a paging HWPT takes no driver data (data_type \(dataType))")
+        }
+        let wantsFault = flags & IOMMUConstants.hwptFaultIDValid != 0
+        let engineFlags = HWPTAllocFlags(rawValue: wantsFault ? flags & ~IOMMUConstants.hwptFaultIDValid : flags)
+        let hwptID: UInt32
+        do throws(IOMMUError) {
+            hwptID = try file.context.allocHWPT(device: devID, ioas: ptID, flags: engineFlags)
+        } catch where error.errno == .ENOENT {
+            // The device exists, so the missing object is pt_id: the kernel says EINVAL.
+            return call.fail(.EINVAL, "pt_id \(ptID) does not exist")
+        } catch {
+            return call.fail(error)
+        }
+        if wantsFault {
+            // iommufd_get_fault(fault_id): no FAULT object can exist here (FAULT_QUEUE_ALLOC is
+            // not served), so the lookup fails and the new HWPT is aborted, as in the kernel.
+            try? file.context.destroy(hwptID)
+            return call.fail(.ENOENT, "no fault object \(b.u32(L.faultID))")
+        }
+        b.set32(L.outHWPTID, hwptID)
+        guard call.respond(file) else {
+            try? file.context.destroy(hwptID)
+            return call.fail(.EFAULT, "cannot write out_hwpt_id")
+        }
+        return 0
+    }
+
+    // MARK: IOMMU_GET_HW_INFO
+
+    static let getHWInfo: IoctlHandler = { file, call in
+        typealias L = ABI.HWInfo
+        let b = call.bytes
+        let flags = b.u32(L.flags)
+        guard flags & ~IOMMUConstants.hwInfoFlagInputType == 0 else {
+            return call.fail(.EOPNOTSUPP, "unknown flags 0x\(String(flags, radix: 16))")
+        }
+        guard b.u8(L.reserved) == 0, b.u8(L.reserved + 1) == 0, b.u8(L.reserved + 2) == 0 else {
+            return call.fail(.EOPNOTSUPP, "__reserved is not zero")
+        }
+        // Without FLAG_INPUT_TYPE the type field is output only: an input value is ignored.
+        if flags & IOMMUConstants.hwInfoFlagInputType == 0 { b.set32(L.inDataType, IOMMUConstants.hwInfoTypeDefault) }
+        let requested = b.u32(L.inDataType)
+        let info: HWInfo
+        do throws(IOMMUError) {
+            info = try file.context.hwInfo(device: b.u32(L.devID))
+        } catch {
+            return call.fail(error)
+        }
+        // The driver's hw_info callback: its data, or EOPNOTSUPP for a type it does not have.
+        return withUnsafeTemporaryAllocation(byteCount: HWInfoData.maxSize, alignment: 8) { buffer -> Int64 in
+            let data = StructBytes(buffer.baseAddress!)
+            guard let (type, length) = HWInfoData.fill(data, for: info, requested: requested) else {
+                return call.fail(.EOPNOTSUPP, "the driver has no hw_info type 0x\(String(requested, radix: 16))")
+            }
+            let userLength = b.u32(L.dataLen)
+            let uptr = b.u64(L.dataUptr)
+            let copy = min(Int(userLength), length)
+            if copy > 0, !file.user.copyToUser(uptr, data.base, copy) {
+                return call.fail(.EFAULT, "data_uptr is not writable")
+            }
+            // Zero the rest of the user's buffer (clear_user).
+            if UInt64(userLength) > UInt64(copy),
+               !clearUser(file, uptr &+ UInt64(copy), UInt64(userLength) - UInt64(copy)) {
+                return call.fail(.EFAULT, "data_uptr is not writable")
+            }
+            b.set32(L.dataLen, UInt32(length))
+            b.set32(L.outDataType, type)
+            b.set64(L.outCapabilities, info.capabilities)
+            b.set8(L.outMaxPASIDLog2, info.maxPASIDLog2)
+            guard call.respond(file) else { return call.fail(.EFAULT, "cannot write the struct back") }
+            return 0
+        }
+    }
+
+    /// clear_user: writes `count` zero bytes at `uptr` through a bounded buffer.
+    static func clearUser(_ file: IOMMUFDFile, _ uptr: UInt64, _ count: UInt64) -> Bool {
+        let chunk = 4096
+        return withUnsafeTemporaryAllocation(byteCount: chunk, alignment: 16) { buffer -> Bool in
+            let p = buffer.baseAddress!
+            p.initializeMemory(as: UInt8.self, repeating: 0, count: chunk)
+            var address = uptr, remaining = count
+            while remaining > 0 {
+                let n = Int(min(remaining, UInt64(chunk) - (address & UInt64(chunk - 1))))
+                guard file.user.copyToUser(address, p, n) else { return false }
+                address = address &+ UInt64(n)
+                remaining -= UInt64(n)
+            }
+            return true
+        }
+    }
+
+    // MARK: IOMMU_HWPT_SET_DIRTY_TRACKING
+
+    static let hwptSetDirtyTracking: IoctlHandler = { file, call in
+        typealias L = ABI.HWPTSetDirtyTracking
+        let b = call.bytes
+        let flags = b.u32(L.flags)
+        // The kernel checks the flags only (not __reserved).
+        guard flags & ~IOMMUConstants.dirtyTrackingEnable == 0 else {
+            return call.fail(.EOPNOTSUPP, "unknown flags 0x\(String(flags, radix: 16))")
+        }
+        do throws(IOMMUError) {
+            try file.context.setDirtyTracking(hwpt: b.u32(L.hwptID), enabled: flags & IOMMUConstants.dirtyTrackingEnable != 0)
+        } catch where error.errno == .EINVAL {
+            // A domain without dirty ops: iopt_set_dirty_tracking answers EOPNOTSUPP.
+            return call.fail(.EOPNOTSUPP, error.reason)
+        } catch {
+            return call.fail(error)
+        }
+        return 0
+    }
+
+    // MARK: IOMMU_HWPT_GET_DIRTY_BITMAP
+
+    static let hwptGetDirtyBitmap: IoctlHandler = { file, call in
+        typealias L = ABI.HWPTGetDirtyBitmap
+        let b = call.bytes
+        let flags = b.u32(L.flags)
+        guard flags & ~IOMMUConstants.getDirtyBitmapNoClear == 0 else {
+            return call.fail(.EOPNOTSUPP, "unknown flags 0x\(String(flags, radix: 16))")
+        }
+        guard b.u32(L.reserved) == 0 else { return call.fail(.EOPNOTSUPP, "__reserved is not zero") }
+        let pageSize = b.u64(L.pageSize)
+        let hwptID = b.u32(L.hwptID)
+        let noClear = flags & IOMMUConstants.getDirtyBitmapNoClear != 0
+        let bitmap = b.u64(L.data)
+        // Runs of dirty bits [first, first + count), coalesced: the memory this takes grows
+        // with the number of dirty runs, never with the size of the bitmap.
+        func read(clear: Bool) throws(IOMMUError) -> [(UInt64, UInt64)] {
+            var runs: [(UInt64, UInt64)] = []
+            try file.context.readDirty(hwpt: hwptID, iova: b.u64(L.iova), length: b.u64(L.length), pageSize: pageSize,
+                                       clear: clear) { first, count in
+                if let last = runs.last, last.0 &+ last.1 >= first {
+                    let end = max(last.0 &+ last.1, first &+ count)
+                    runs[runs.count - 1].1 = end - last.0
+                } else {
+                    runs.append((first, count))
+                }
+            }
+            return runs
+        }
+        // First pass without clearing: it validates the request in the kernel's order
+        // (ENOENT, EOVERFLOW, EINVAL) and, with NO_CLEAR, is the answer.
+        var runs: [(UInt64, UInt64)]
+        do throws(IOMMUError) {
+            runs = try read(clear: false)
+        } catch {
+            return call.fail(error)
+        }
+        // The engine validated page_size (a power of two) and length: nbits fits.
+        let nbits = b.u64(L.length) >> UInt64(pageSize.trailingZeroBitCount)
+        let totalBytes = (nbits >> 3) + (nbits & 7 == 0 ? 0 : 1)
+        // The kernel pins the bitmap for writing before it reads (and clears) the dirty
+        // bits: an unwritable bitmap fails, dirty or not, before any bit is lost.
+        guard probeWritable(file, bitmap, totalBytes) else {
+            return call.fail(.EFAULT, "the bitmap at 0x\(String(bitmap, radix: 16)) is not writable")
+        }
+        if !noClear {
+            do throws(IOMMUError) {
+                runs = try read(clear: true)       // a superset of the first pass
+            } catch {
+                return call.fail(error)
+            }
+        }
+        guard setBits(file, bitmap: bitmap, totalBytes: totalBytes, runs: runs) else {
+            return call.fail(.EFAULT, "the bitmap at 0x\(String(bitmap, radix: 16)) is not writable")
+        }
+        return 0
+    }
+
+    /// True if every page of `[uptr, uptr + count)` can be read and written (one byte per
+    /// page, written back unchanged).
+    static func probeWritable(_ file: IOMMUFDFile, _ uptr: UInt64, _ count: UInt64) -> Bool {
+        guard count > 0 else { return true }
+        var address = uptr
+        var remaining = count
+        var byte: UInt8 = 0
+        while remaining > 0 {
+            guard file.user.copyFromUser(&byte, address, 1), file.user.copyToUser(address, &byte, 1) else { return false }
+            let step = min(remaining, 4096 - (address & 4095))
+            remaining -= step
+            address = address &+ step
+        }
+        return true
+    }
+
+    /// Sets the bits of `runs` (ascending) in the user bitmap at `bitmap`, `totalBytes` long
+    /// (bit i is bit i%8 of byte i/8: the kernel's little-endian unsigned-long bitmap), leaving
+    /// the other bits as they are. Read-modify-write through a bounded window that only moves
+    /// forward; `bitmap` may have any alignment.
+    static func setBits(_ file: IOMMUFDFile, bitmap: UInt64, totalBytes: UInt64, runs: [(UInt64, UInt64)]) -> Bool {
+        guard !runs.isEmpty else { return true }
+        let chunk: UInt64 = 4096
+        return withUnsafeTemporaryAllocation(byteCount: Int(chunk), alignment: 16) { buffer -> Bool in
+            let p = buffer.baseAddress!
+            var windowStart: UInt64 = 0, windowLength: UInt64 = 0
+            func flush() -> Bool {
+                windowLength == 0 || file.user.copyToUser(bitmap &+ windowStart, p, Int(windowLength))
+            }
+            for (first, count) in runs {
+                var bit = first
+                let (end, overflow) = first.addingReportingOverflow(count)
+                let stopAt = overflow ? UInt64.max : end
+                while bit < stopAt {
+                    let byte = bit >> 3
+                    if windowLength == 0 || byte < windowStart || byte - windowStart >= windowLength {
+                        guard flush() else { return false }
+                        guard byte < totalBytes else { return true }
+                        windowStart = byte
+                        windowLength = min(chunk, totalBytes - byte)
+                        guard file.user.copyFromUser(p, bitmap &+ windowStart, Int(windowLength)) else { return false }
+                    }
+                    let (windowEndBit, o) = (windowStart + windowLength).multipliedReportingOverflow(by: 8)
+                    let stop = min(stopAt, o ? UInt64.max : windowEndBit)
+                    setRange(p, bit - (windowStart << 3), stop - (windowStart << 3))
+                    bit = stop
+                }
+            }
+            return flush()
+        }
+    }
+
+    /// Sets bits [from, to) of the buffer.
+    private static func setRange(_ p: UnsafeMutableRawPointer, _ from: UInt64, _ to: UInt64) {
+        var bit = from
+        while bit < to {
+            let byte = Int(bit >> 3), shift = Int(bit & 7)
+            if shift == 0 && to - bit >= 8 {
+                // Whole bytes.
+                let whole = Int((to - bit) >> 3)
+                (p + byte).initializeMemory(as: UInt8.self, repeating: 0xff, count: whole)
+                bit += UInt64(whole) << 3
+                continue
+            }
+            let span = min(8 - shift, Int(to - bit))
+            let mask = UInt8(truncatingIfNeeded: ((1 << span) - 1) << shift)
+            p.storeBytes(of: p.load(fromByteOffset: byte, as: UInt8.self) | mask, toByteOffset: byte, as: UInt8.self)
+            bit += UInt64(span)
+        }
+    }
+
+    // MARK: Features the engine does not model
+
+    /// IOMMU_HWPT_INVALIDATE: targets a nested HWPT or a vIOMMU, neither of which can exist
+    /// here, so an existing object is of the wrong type (EINVAL) and a missing one is ENOENT.
+    /// entry_num is written back (0 handled) whatever happens, as the kernel does.
+    static let hwptInvalidate: IoctlHandler = { file, call in
+        typealias L = ABI.HWPTInvalidate
+        let b = call.bytes
+        var rc: Int64
+        if b.u32(L.reserved) != 0 {
+            rc = call.fail(.EOPNOTSUPP, "__reserved is not zero")
+        } else if b.u32(L.entryNum) != 0 && (b.u64(L.dataUptr) == 0 || b.u32(L.entryLen) == 0) {
+            rc = call.fail(.EINVAL, "entries without data_uptr or entry_len")
+        } else {
+            let id = b.u32(L.hwptID)
+            if file.context.objects().contains(where: { $0.id == id }) {
+                rc = call.fail(.EINVAL, "object \(id) is neither a nested HWPT nor a vIOMMU")
+            } else {
+                rc = call.fail(.ENOENT, "no object \(id)")
+            }
+        }
+        b.set32(L.entryNum, 0)
+        guard call.respond(file) else { return call.fail(.EFAULT, "cannot write entry_num back") }
+        return rc
+    }
+
+    /// IOMMU_FAULT_QUEUE_ALLOC: the engine has no FAULT object (no page-request delivery), so
+    /// past the flag check the answer is EOPNOTSUPP, never a fake fd.
+    static let faultQueueAlloc: IoctlHandler = { file, call in
+        let flags = call.bytes.u32(ABI.FaultAlloc.flags)
+        guard flags == 0 else { return call.fail(.EOPNOTSUPP, "unknown flags 0x\(String(flags, radix: 16))") }
+        return call.fail(.EOPNOTSUPP, "fault queues are not supported")
+    }
+
+    /// IOMMU_VIOMMU_ALLOC: the kernel checks flags and type, looks the device up, then asks
+    /// the device's IOMMU driver for vIOMMU support — which none has here (EOPNOTSUPP) — before
+    /// it looks at the HWPT.
+    static let viommuAlloc: IoctlHandler = { file, call in
+        typealias L = ABI.VIOMMUAlloc
+        let b = call.bytes
+        guard b.u32(L.flags) == 0 else { return call.fail(.EOPNOTSUPP, "unknown flags") }
+        guard b.u32(L.type) != 0 else { return call.fail(.EOPNOTSUPP, "type DEFAULT cannot be allocated") }
+        do throws(IOMMUError) {
+            _ = try file.context.attachedHWPT(device: b.u32(L.devID))
+        } catch {
+            return call.fail(error)
+        }
+        return call.fail(.EOPNOTSUPP, "the IOMMU driver has no vIOMMU support")
+    }
+
+    /// IOMMU_VDEVICE_ALLOC: the vIOMMU is looked up first, and none can exist (ENOENT).
+    static let vdeviceAlloc: IoctlHandler = { file, call in
+        let viommu = call.bytes.u32(ABI.VDeviceAlloc.viommuID)
+        return call.fail(.ENOENT, "no vIOMMU \(viommu)")
+    }
+
+    /// IOMMU_IOAS_CHANGE_PROCESS: moving pin accounting between processes is not modelled by
+    /// the engine: EOPNOTSUPP past the __reserved check.
+    static let ioasChangeProcess: IoctlHandler = { file, call in
+        guard call.bytes.u32(ABI.IOASChangeProcess.reserved) == 0 else { return call.fail(.EOPNOTSUPP, "__reserved is not zero") }
+        return call.fail(.EOPNOTSUPP, "changing the accounting process is not supported")
+    }
+
+    /// IOMMU_VEVENTQ_ALLOC: flags, __reserved and type (EOPNOTSUPP), depth (EINVAL), then the
+    /// vIOMMU lookup, which always fails (ENOENT).
+    static let veventqAlloc: IoctlHandler = { file, call in
+        typealias L = ABI.VEventQAlloc
+        let b = call.bytes
+        guard b.u32(L.flags) == 0, b.u32(L.reserved) == 0 else { return call.fail(.EOPNOTSUPP, "flags or __reserved not zero") }
+        guard b.u32(L.type) != 0 else { return call.fail(.EOPNOTSUPP, "type DEFAULT cannot be allocated") }
+        guard b.u32(L.veventqDepth) != 0 else { return call.fail(.EINVAL, "veventq_depth is 0") }
+        return call.fail(.ENOENT, "no vIOMMU \(b.u32(L.viommuID))")
+    }
+
+    /// IOMMU_HW_QUEUE_ALLOC: flags and type (EOPNOTSUPP), length (EINVAL), overflow
+    /// (EOVERFLOW), then the vIOMMU lookup, which always fails (ENOENT).
+    static let hwQueueAlloc: IoctlHandler = { file, call in
+        typealias L = ABI.HWQueueAlloc
+        let b = call.bytes
+        guard b.u32(L.flags) == 0 else { return call.fail(.EOPNOTSUPP, "unknown flags") }
+        guard b.u32(L.type) != 0 else { return call.fail(.EOPNOTSUPP, "type DEFAULT cannot be allocated") }
+        let length = b.u64(L.length)
+        guard length != 0 else { return call.fail(.EINVAL, "length is 0") }
+        guard !b.u64(L.nestingParentIOVA).addingReportingOverflow(length - 1).overflow else {
+            return call.fail(.EOVERFLOW, "nesting_parent_iova + length overflows")
+        }
+        return call.fail(.ENOENT, "no vIOMMU \(b.u32(L.viommuID))")
+    }
+
+    // MARK: IOMMU_TEST_CMD
+
+    static let testCmd: IoctlHandler = { file, call in
+        var buffer = [UInt8](repeating: 0, count: ABI.TestCmd.size)
+        buffer.withUnsafeMutableBytes { $0.baseAddress!.copyMemory(from: call.bytes.base, byteCount: ABI.TestCmd.size) }
+        let rc = selftestCommand(file, &buffer)
+        buffer.withUnsafeBytes { call.bytes.base.copyMemory(from: $0.baseAddress!, byteCount: ABI.TestCmd.size) }
+        let op = call.bytes.u32(ABI.TestCmd.op)
+        if rc < 0 { return call.fail(LinuxErrno(rawValue: Int32(truncatingIfNeeded: -rc)), "selftest op \(op)") }
+        guard call.respond(file) else { return call.fail(.EFAULT, "cannot write the command back") }
+        return rc
+    }
+}

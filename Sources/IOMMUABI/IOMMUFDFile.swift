@@ -1,0 +1,88 @@
+// One open file of /dev/iommu: the ioctl entry point of the ABI layer.
+
+import UIOMMUBase
+public import ProcessMemory
+import IOMMUHardware
+public import IOMMUEngine
+
+/// One open file description of /dev/iommu (the kernel's `struct file` + `iommufd_ctx`).
+///
+/// `ioctl` takes the raw request number and third argument and returns what the system call
+/// returns: a value ≥ 0, or `-errno`. Safe to call from many threads at once: the engine
+/// context serialises object operations, and the only state kept here (the VFIO compatibility
+/// IOAS) has its own lock, always taken before the engine's.
+public final class IOMMUFDFile: @unchecked Sendable {
+    /// The engine context behind this file.
+    public let context: IOMMUFDContext
+    /// copy_from_user / copy_to_user of the calling process.
+    public let user: any UserMemoryAccess
+    /// Installs auxiliary fds; resolves memfds for IOMMU_IOAS_MAP_FILE.
+    public let broker: any FileDescriptorBroker
+    public let options: ABIOptions
+
+    /// Entries of the dispatch table in use: 0x80…0x94, plus the selftest hole and
+    /// IOMMU_TEST_CMD (0xa0) when the selftest ops are served, as with CONFIG_IOMMUFD_TEST.
+    let tableCount: Int
+
+    /// The IOAS the VFIO type1 ioctls act on (the kernel's ictx->vfio_ioas).
+    let compatLock = Lock()
+    private var _compatIOAS: UInt32?
+
+    public init(platform: Platform, memory: any PinnableMemory, user: any UserMemoryAccess,
+                broker: any FileDescriptorBroker, options: ABIOptions) {
+        self.context = IOMMUFDContext(platform: platform, memory: memory, pinPolicy: options.pinPolicy)
+        self.user = user
+        self.broker = broker
+        self.options = options
+        self.tableCount = options.selftestOps ? IoctlTable.countWithSelftest : IoctlTable.countWithoutSelftest
+    }
+
+    /// The last close of the file: destroys every object (iommufd_fops_release).
+    public func release() {
+        compatLock.withLock { _compatIOAS = nil }
+        context.close()
+    }
+
+    /// ioctl(2) on this file. `arg` is the raw third argument: a user pointer for iommufd
+    /// commands, an integer for VFIO_CHECK_EXTENSION / VFIO_SET_IOMMU, ignored for
+    /// VFIO_GET_API_VERSION. Returns ≥ 0, or -errno.
+    public func ioctl(_ request: UInt, _ arg: UInt64) -> Int64 {
+        // The kernel's `cmd` is an unsigned int: the upper half of a long request is dropped.
+        let cmd = UInt32(truncatingIfNeeded: request)
+        guard let trace = options.trace else { return dispatch(cmd, arg, nil) }
+        let record = TraceRecord()
+        let result = dispatch(cmd, arg, record)
+        trace(record.line(cmd: cmd, result: result))
+        return result
+    }
+
+    // MARK: VFIO compatibility IOAS
+
+    /// The compat IOAS if one is set and still exists (get_compat_ioas); ENODEV otherwise.
+    func compatIOAS() -> UInt32? {
+        compatLock.withLock {
+            guard let id = _compatIOAS else { return nil }
+            // Destroyed behind our back (e.g. through `context` directly): forget it.
+            if (try? context.hugePages(ioas: id)) == nil {
+                _compatIOAS = nil
+                return nil
+            }
+            return id
+        }
+    }
+
+    func setCompatIOAS(_ id: UInt32?) { compatLock.withLock { _compatIOAS = id } }
+
+    /// IOMMU_DESTROY, clearing the compat IOAS when it is the object destroyed.
+    func destroyObject(_ id: UInt32) throws(IOMMUError) {
+        compatLock.lock()
+        if _compatIOAS == id {
+            defer { compatLock.unlock() }
+            try context.destroy(id)
+            _compatIOAS = nil
+            return
+        }
+        compatLock.unlock()
+        try context.destroy(id)
+    }
+}
