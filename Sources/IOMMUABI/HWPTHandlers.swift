@@ -30,22 +30,13 @@ extension Handlers {
         if dataLen != 0, ioasLookupError(file, ptID) == nil {
             return call.fail(.EOPNOTSUPP, "a paging HWPT takes no driver data (data_type \(dataType))")
         }
-        let wantsFault = flags & IOMMUConstants.hwptFaultIDValid != 0
-        let engineFlags = HWPTAllocFlags(rawValue: wantsFault ? flags & ~IOMMUConstants.hwptFaultIDValid : flags)
+        // The engine checks in the kernel's order: flags (EOPNOTSUPP), a pt_id that is no object
+        // (EINVAL), and FAULT_ID_VALID's lookup (ENOENT: no FAULT object can exist yet).
         let hwptID: UInt32
         do throws(IOMMUError) {
-            hwptID = try file.context.allocHWPT(device: devID, ioas: ptID, flags: engineFlags)
-        } catch where error.errno == .ENOENT {
-            // The device exists, so the missing object is pt_id: the kernel says EINVAL.
-            return call.fail(.EINVAL, "pt_id \(ptID) does not exist")
+            hwptID = try file.context.allocHWPT(device: devID, ioas: ptID, flags: HWPTAllocFlags(rawValue: flags))
         } catch {
             return call.fail(error)
-        }
-        if wantsFault {
-            // iommufd_get_fault(fault_id): no FAULT object can exist here (FAULT_QUEUE_ALLOC is
-            // not served), so the lookup fails and the new HWPT is aborted, as in the kernel.
-            try? file.context.destroy(hwptID)
-            return call.fail(.ENOENT, "no fault object \(b.u32(L.faultID))")
         }
         b.set32(L.outHWPTID, hwptID)
         guard call.respond(file) else {
@@ -131,9 +122,6 @@ extension Handlers {
         }
         do throws(IOMMUError) {
             try file.context.setDirtyTracking(hwpt: b.u32(L.hwptID), enabled: flags & IOMMUConstants.dirtyTrackingEnable != 0)
-        } catch where error.errno == .EINVAL {
-            // A domain without dirty ops: iopt_set_dirty_tracking answers EOPNOTSUPP.
-            return call.fail(.EOPNOTSUPP, error.reason)
         } catch {
             return call.fail(error)
         }
@@ -154,12 +142,28 @@ extension Handlers {
         let hwptID = b.u32(L.hwptID)
         let noClear = flags & IOMMUConstants.getDirtyBitmapNoClear != 0
         let bitmap = b.u64(L.data)
-        // Runs of dirty bits [first, first + count), coalesced: the memory this takes grows
-        // with the number of dirty runs, never with the size of the bitmap.
-        func read(clear: Bool) throws(IOMMUError) -> [(UInt64, UInt64)] {
-            var runs: [(UInt64, UInt64)] = []
-            try file.context.readDirty(hwpt: hwptID, iova: b.u64(L.iova), length: b.u64(L.length), pageSize: pageSize,
-                                       clear: clear) { first, count in
+        let iova = b.u64(L.iova), length = b.u64(L.length)
+        // Validate first, in the kernel's order (ENOENT, EOPNOTSUPP, EOVERFLOW, EINVAL), without
+        // touching a dirty bit.
+        do throws(IOMMUError) {
+            try file.context.checkDirtyRequest(hwpt: hwptID, iova: iova, length: length, pageSize: pageSize)
+        } catch {
+            return call.fail(error)
+        }
+        // The engine validated page_size (a power of two) and length: nbits fits.
+        let nbits = length >> UInt64(pageSize.trailingZeroBitCount)
+        let totalBytes = (nbits >> 3) + (nbits & 7 == 0 ? 0 : 1)
+        // The kernel pins the bitmap for writing before it reads (and clears) the dirty
+        // bits: an unwritable bitmap fails, dirty or not, before any bit is lost.
+        guard probeWritable(file, bitmap, totalBytes) else {
+            return call.fail(.EFAULT, "the bitmap at 0x\(String(bitmap, radix: 16)) is not writable")
+        }
+        // One walk, reading (and unless NO_CLEAR, clearing). Runs of dirty bits are coalesced,
+        // so the memory this takes grows with the number of dirty runs, not the bitmap size.
+        var runs: [(UInt64, UInt64)] = []
+        do throws(IOMMUError) {
+            try file.context.readDirty(hwpt: hwptID, iova: iova, length: length, pageSize: pageSize,
+                                       clear: !noClear) { first, count in
                 if let last = runs.last, last.0 &+ last.1 >= first {
                     let end = max(last.0 &+ last.1, first &+ count)
                     runs[runs.count - 1].1 = end - last.0
@@ -167,30 +171,8 @@ extension Handlers {
                     runs.append((first, count))
                 }
             }
-            return runs
-        }
-        // First pass without clearing: it validates the request in the kernel's order
-        // (ENOENT, EOVERFLOW, EINVAL) and, with NO_CLEAR, is the answer.
-        var runs: [(UInt64, UInt64)]
-        do throws(IOMMUError) {
-            runs = try read(clear: false)
         } catch {
             return call.fail(error)
-        }
-        // The engine validated page_size (a power of two) and length: nbits fits.
-        let nbits = b.u64(L.length) >> UInt64(pageSize.trailingZeroBitCount)
-        let totalBytes = (nbits >> 3) + (nbits & 7 == 0 ? 0 : 1)
-        // The kernel pins the bitmap for writing before it reads (and clears) the dirty
-        // bits: an unwritable bitmap fails, dirty or not, before any bit is lost.
-        guard probeWritable(file, bitmap, totalBytes) else {
-            return call.fail(.EFAULT, "the bitmap at 0x\(String(bitmap, radix: 16)) is not writable")
-        }
-        if !noClear {
-            do throws(IOMMUError) {
-                runs = try read(clear: true)       // a superset of the first pass
-            } catch {
-                return call.fail(error)
-            }
         }
         guard setBits(file, bitmap: bitmap, totalBytes: totalBytes, runs: runs) else {
             return call.fail(.EFAULT, "the bitmap at 0x\(String(bitmap, radix: 16)) is not writable")
@@ -284,7 +266,7 @@ extension Handlers {
             rc = call.fail(.EINVAL, "entries without data_uptr or entry_len")
         } else {
             let id = b.u32(L.hwptID)
-            if file.context.objects().contains(where: { $0.id == id }) {
+            if file.context.objectKind(id) != nil {
                 rc = call.fail(.EINVAL, "object \(id) is neither a nested HWPT nor a vIOMMU")
             } else {
                 rc = call.fail(.ENOENT, "no object \(id)")

@@ -302,12 +302,14 @@ enum Handlers {
             guard call.respond(file) else { return call.fail(.EFAULT, "cannot write ioas_id back") }
             return 0
         case IOMMUConstants.vfioIOASSet:
-            let id = b.u32(L.ioasID)
-            if let error = ioasLookupError(file, id) { return call.fail(error) }
-            file.setCompatIOAS(id)
+            do throws(IOMMUError) {
+                try file.setCompatIOAS(b.u32(L.ioasID))
+            } catch {
+                return call.fail(error)
+            }
             return 0
         case IOMMUConstants.vfioIOASClear:
-            file.setCompatIOAS(nil)
+            do throws(IOMMUError) { try file.setCompatIOAS(nil) } catch { return call.fail(error) }
             return 0
         default:
             return call.fail(.EOPNOTSUPP, "unknown op \(b.u16(L.op))")
@@ -318,11 +320,6 @@ enum Handlers {
 
     /// ENOENT unless `id` names an IOAS (iommufd_get_ioas), without side effects.
     static func ioasLookupError(_ file: IOMMUFDFile, _ id: UInt32) -> IOMMUError? {
-        do throws(IOMMUError) {
-            _ = try file.context.hugePages(ioas: id)
-            return nil
-        } catch {
-            return error
-        }
+        file.context.objectKind(id) == .ioas ? nil : IOMMUError(.ENOENT, "no IOAS with ID \(id)")
     }
 }

@@ -9,8 +9,7 @@ public import IOMMUEngine
 ///
 /// `ioctl` takes the raw request number and third argument and returns what the system call
 /// returns: a value ≥ 0, or `-errno`. Safe to call from many threads at once: the engine
-/// context serialises object operations, and the only state kept here (the VFIO compatibility
-/// IOAS) has its own lock, always taken before the engine's.
+/// context serialises every operation; this file keeps no state of its own.
 public final class IOMMUFDFile: @unchecked Sendable {
     /// The engine context behind this file.
     public let context: IOMMUFDContext
@@ -24,10 +23,6 @@ public final class IOMMUFDFile: @unchecked Sendable {
     /// IOMMU_TEST_CMD (0xa0) when the selftest ops are served, as with CONFIG_IOMMUFD_TEST.
     let tableCount: Int
 
-    /// The IOAS the VFIO type1 ioctls act on (the kernel's ictx->vfio_ioas).
-    let compatLock = Lock()
-    private var _compatIOAS: UInt32?
-
     public init(platform: Platform, memory: any PinnableMemory, user: any UserMemoryAccess,
                 broker: any FileDescriptorBroker, options: ABIOptions) {
         self.context = IOMMUFDContext(platform: platform, memory: memory, pinPolicy: options.pinPolicy)
@@ -39,7 +34,6 @@ public final class IOMMUFDFile: @unchecked Sendable {
 
     /// The last close of the file: destroys every object (iommufd_fops_release).
     public func release() {
-        compatLock.withLock { _compatIOAS = nil }
         context.close()
     }
 
@@ -58,31 +52,12 @@ public final class IOMMUFDFile: @unchecked Sendable {
 
     // MARK: VFIO compatibility IOAS
 
-    /// The compat IOAS if one is set and still exists (get_compat_ioas); ENODEV otherwise.
-    func compatIOAS() -> UInt32? {
-        compatLock.withLock {
-            guard let id = _compatIOAS else { return nil }
-            // Destroyed behind our back (e.g. through `context` directly): forget it.
-            if (try? context.hugePages(ioas: id)) == nil {
-                _compatIOAS = nil
-                return nil
-            }
-            return id
-        }
-    }
+    /// The compat IOAS (the kernel's ictx->vfio_ioas, kept by the engine, which clears it when
+    /// that IOAS is destroyed); nil means ENODEV.
+    func compatIOAS() -> UInt32? { context.vfioCompatIOAS }
 
-    func setCompatIOAS(_ id: UInt32?) { compatLock.withLock { _compatIOAS = id } }
+    func setCompatIOAS(_ id: UInt32?) throws(IOMMUError) { try context.setVFIOCompatIOAS(id) }
 
-    /// IOMMU_DESTROY, clearing the compat IOAS when it is the object destroyed.
-    func destroyObject(_ id: UInt32) throws(IOMMUError) {
-        compatLock.lock()
-        if _compatIOAS == id {
-            defer { compatLock.unlock() }
-            try context.destroy(id)
-            _compatIOAS = nil
-            return
-        }
-        compatLock.unlock()
-        try context.destroy(id)
-    }
+    /// IOMMU_DESTROY.
+    func destroyObject(_ id: UInt32) throws(IOMMUError) { try context.destroy(id) }
 }

@@ -70,7 +70,7 @@ extension IOMMUFDFile {
         case VFIOConstants.dmaCCIOMMU:
             // 1 only if every paging HWPT of the compat IOAS enforces cache coherency.
             guard let ioas = compatIOAS() else { return Self.errno(.ENODEV, trace, "no compatibility IOAS") }
-            return CompatQueries.hwpts(of: ioas, in: context).allSatisfy(\.coherent) ? 1 : 0
+            return CompatQueries.allCoherent(ioas, in: context) ? 1 : 0
         default:
             // The reserved nesting type, VFIO_UPDATE_VADDR (not implementable safely), SPAPR, EEH…
             return 0
@@ -262,15 +262,17 @@ extension IOMMUFDFile {
                 } catch {
                     return Self.errno(error, trace)
                 }
+                var partial: UInt64 = 0
                 do throws(IOMMUError) {
-                    unmapped = try context.unmap(ioas: ioas, iova: iova, length: size)
+                    unmapped = try context.unmap(ioas: ioas, iova: iova, length: size, unmappedBeforeError: &partial)
                     // (0, U64_MAX) is "everything" to the engine but an ordinary range here:
                     // nothing inside it is ENOENT.
                     if iova == 0 && size == .max && unmapped == 0 {
                         rc = Self.errno(.ENOENT, trace, "nothing mapped")
                     }
                 } catch {
-                    // The engine does not report what it unmapped before failing: 0.
+                    // What was unmapped before the failing area is written back, as in Linux.
+                    unmapped = partial
                     rc = Self.errno(error, trace)
                 }
             }
@@ -283,57 +285,18 @@ extension IOMMUFDFile {
     }
 }
 
-/// What the compat layer needs to know about an IOAS's HWPTs. The engine has no query for
-/// an IOAS's domains, so this reads the object listing: each HWPT_PAGING's summary names its
-/// IOAS ("… of IOAS <id>") and says ", coherent" when its domain enforces cache coherency;
-/// page sizes come from the IOMMU units of the devices attached to those HWPTs.
+/// What the compat layer asks the engine about the compat IOAS's HWPTs.
 enum CompatQueries {
-    struct HWPTSummary { var id: UInt32; var coherent: Bool }
-
-    static func hwpts(of ioas: UInt32, in context: IOMMUFDContext) -> [HWPTSummary] {
-        var out: [HWPTSummary] = []
-        for object in context.objects() where object.kind == .hwptPaging {
-            guard let owner = ioasID(inSummary: object.summary), owner == ioas else { continue }
-            out.append(HWPTSummary(id: object.id, coherent: find(Array(", coherent".utf8), in: Array(object.summary.utf8)) != nil))
-        }
-        return out
-    }
-
-    /// The IOAS ID named in an HWPT summary ("… of IOAS 3, auto").
-    static func ioasID(inSummary summary: String) -> UInt32? {
-        let bytes = Array(summary.utf8)
-        guard let at = find(Array(" of IOAS ".utf8), in: bytes) else { return nil }
-        var value: UInt64 = 0
-        var j = at, digits = 0
-        while j < bytes.count, bytes[j] >= 0x30, bytes[j] <= 0x39, digits < 10 {
-            value = value * 10 + UInt64(bytes[j] - 0x30)
-            j += 1
-            digits += 1
-        }
-        return digits > 0 ? UInt32(exactly: value) : nil
-    }
-
-    /// The index just past the first occurrence of `marker` in `bytes`.
-    static func find(_ marker: [UInt8], in bytes: [UInt8]) -> Int? {
-        guard !marker.isEmpty, bytes.count >= marker.count else { return nil }
-        for i in 0...(bytes.count - marker.count) where bytes[i..<(i + marker.count)].elementsEqual(marker) {
-            return i + marker.count
-        }
-        return nil
+    /// VFIO_DMA_CC_IOMMU: every HWPT of the IOAS enforces cache coherency.
+    static func allCoherent(_ ioas: UInt32, in context: IOMMUFDContext) -> Bool {
+        ((try? context.hwpts(ioas: ioas)) ?? []).allSatisfy(\.enforcesCacheCoherency)
     }
 
     /// iommufd_get_pagesizes: the page sizes every domain of the IOAS supports, with the
     /// sub-PAGE_SIZE sizes folded into PAGE_SIZE, and at least the IOVA alignment.
     static func pageSizes(of ioas: UInt32, alignment: UInt64, in context: IOMMUFDContext) -> UInt64 {
-        let hwptIDs = Set(hwpts(of: ioas, in: context).map(\.id))
         var bitmap = UInt64.max
-        if !hwptIDs.isEmpty {
-            for object in context.objects() where object.kind == .device {
-                guard let attached = try? context.attachedHWPT(device: object.id), hwptIDs.contains(attached),
-                      let info = try? context.hwInfo(device: object.id) else { continue }
-                bitmap &= info.unit.pageSizes
-            }
-        }
+        for hwpt in (try? context.hwpts(ioas: ioas)) ?? [] { bitmap &= hwpt.pageSizes }
         let page: UInt64 = 4096
         if bitmap & (page - 1) != 0 {
             bitmap &= ~(page - 1)

@@ -86,6 +86,24 @@ public final class IOMMUFDContext: @unchecked Sendable {
         }
     }
 
+    /// The kind of object `id`, or nil if there is none.
+    public func objectKind(_ id: UInt32) -> ObjectKind? {
+        lock.withLock { table.get(id)?.kind }
+    }
+
+    /// The IOAS the VFIO type1 compatibility ioctls act on (IOMMU_VFIO_IOAS); cleared when
+    /// that IOAS is destroyed.
+    public var vfioCompatIOAS: UInt32? { lock.withLock { vfioCompatIOASID } }
+
+    /// IOMMU_VFIO_IOAS SET (an IOAS ID; ENOENT otherwise) or CLEAR (nil).
+    public func setVFIOCompatIOAS(_ id: UInt32?) throws(IOMMUError) {
+        try lock.withLock { () throws(IOMMUError) in
+            try checkOpen()
+            if let id { _ = try ioas(id) }
+            vfioCompatIOASID = id
+        }
+    }
+
     /// Every object in the table, by ID.
     public func objects() -> [ObjectInfo] {
         lock.withLock {

@@ -43,6 +43,20 @@ final class HWPTPaging: EngineObject {
     }
 }
 
+/// A paging HWPT as `hwpts(ioas:)` reports it.
+public struct HWPTInfo: Hashable, Sendable {
+    public var id: UInt32
+    public var ioas: UInt32
+    /// Created by an attach (freed with its last device) rather than by HWPT_ALLOC.
+    public var autoDomain: Bool
+    public var format: PageTableFormat
+    public var pageSizes: UInt64
+    public var enforcesCacheCoherency: Bool
+    /// Allocated with IOMMU_HWPT_ALLOC_DIRTY_TRACKING.
+    public var dirtyTracking: Bool
+    public var nestParent: Bool
+}
+
 /// What IOMMU_GET_HW_INFO reports for a device.
 public struct HWInfo: Hashable, Sendable {
     public var kind: IOMMUKind
@@ -71,7 +85,8 @@ extension IOMMUFDContext {
             throw IOMMUError(.EOPNOTSUPP, "\(unit.name) has no dirty tracking")
         }
         if flags.contains(.faultIDValid) {
-            throw IOMMUError(.EOPNOTSUPP, "fault queues on paging HWPTs are not supported")
+            // No FAULT object can exist yet, so the fault_id lookup fails as in Linux.
+            throw IOMMUError(.ENOENT, "no fault queue with that ID")
         }
         try failures.check("domain.alloc")
         let domain = try IOMMUDomain(
@@ -94,7 +109,7 @@ extension IOMMUFDContext {
             return try lock.withLock { () throws(IOMMUError) -> UInt32 in
                 try checkOpen()
                 let device = try self.device(deviceID)
-                guard let object = table.get(ioasID) else { throw IOMMUError(.ENOENT, "no object \(ioasID)") }
+                guard let object = table.get(ioasID) else { throw IOMMUError(.EINVAL, "no object \(ioasID)") }
                 guard let ioas = object as? IOAS else {
                     if object is HWPTPaging {
                         throw IOMMUError(.EOPNOTSUPP, "nested HWPTs are not supported")
@@ -122,7 +137,7 @@ extension IOMMUFDContext {
                 try checkOpen()
                 let hwpt = try hwptPaging(hwptID)
                 guard hwpt.flags.contains(.dirtyTracking) else {
-                    throw IOMMUError(.EINVAL, "HWPT was not allocated with DIRTY_TRACKING")
+                    throw IOMMUError(.EOPNOTSUPP, "HWPT was not allocated with DIRTY_TRACKING")
                 }
                 if enabled && !hwpt.domain.dirtyTrackingEnabled {
                     hwpt.domain.readAndClearDirty(iova: 0, length: .max, clear: true) { _, _ in }
@@ -140,10 +155,27 @@ extension IOMMUFDContext {
     /// and to `pageSize` (a power of two).
     public func readDirty(hwpt hwptID: UInt32, iova: UInt64, length: UInt64, pageSize: UInt64,
                           clear: Bool, setBits: (UInt64, UInt64) -> Void) throws(IOMMUError) {
+        try dirtyBitmap(hwpt: hwptID, iova: iova, length: length, pageSize: pageSize, clear: clear,
+                        walk: true, setBits: setBits)
+    }
+
+    /// Checks a GET_DIRTY_BITMAP request (every errno readDirty would give) without reading
+    /// or clearing anything, so a caller can validate its bitmap buffer before any bit is lost.
+    public func checkDirtyRequest(hwpt hwptID: UInt32, iova: UInt64, length: UInt64,
+                                  pageSize: UInt64) throws(IOMMUError) {
+        try dirtyBitmap(hwpt: hwptID, iova: iova, length: length, pageSize: pageSize, clear: false,
+                        walk: false) { _, _ in }
+    }
+
+    private func dirtyBitmap(hwpt hwptID: UInt32, iova: UInt64, length: UInt64, pageSize: UInt64,
+                             clear: Bool, walk: Bool, setBits: (UInt64, UInt64) -> Void) throws(IOMMUError) {
         do throws(IOMMUError) {
             try lock.withLock { () throws(IOMMUError) in
                 try checkOpen()
                 let hwpt = try hwptPaging(hwptID)
+                guard hwpt.flags.contains(.dirtyTracking) else {
+                    throw IOMMUError(.EOPNOTSUPP, "HWPT was not allocated with DIRTY_TRACKING")
+                }
                 let iopt = hwpt.ioas.iopt
                 guard length != 0 else { throw IOMMUError(.EINVAL, "zero length") }
                 let (last, overflow) = iova.addingReportingOverflow(length - 1)
@@ -165,6 +197,7 @@ extension IOMMUFDContext {
                     if area.last >= last { break }
                     cursor = area.last + 1
                 }
+                guard walk else { return }
                 let shift = UInt64(pageSize.trailingZeroBitCount)
                 hwpt.domain.readAndClearDirty(iova: iova, length: length, clear: clear) { leafIOVA, leafSize in
                     let s = max(leafIOVA, iova)
@@ -177,6 +210,18 @@ extension IOMMUFDContext {
             }
         } catch {
             throw error.during("HWPT_GET_DIRTY_BITMAP")
+        }
+    }
+
+    /// The paging HWPTs that mirror an IOAS.
+    public func hwpts(ioas ioasID: UInt32) throws(IOMMUError) -> [HWPTInfo] {
+        try lock.withLock { () throws(IOMMUError) -> [HWPTInfo] in
+            try checkOpen()
+            return try self.ioas(ioasID).iopt.domains.map { h in
+                HWPTInfo(id: h.id, ioas: ioasID, autoDomain: h.autoDomain, format: h.domain.format,
+                         pageSizes: h.domain.pageSizes, enforcesCacheCoherency: h.domain.enforcesCacheCoherency,
+                         dirtyTracking: h.flags.contains(.dirtyTracking), nestParent: h.flags.contains(.nestParent))
+            }
         }
     }
 

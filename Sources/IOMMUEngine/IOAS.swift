@@ -160,12 +160,24 @@ extension IOMMUFDContext {
     /// partly inside gives ENOENT (areas before it in IOVA order stay unmapped, as in Linux).
     /// `iova == 0, length == UInt64.max` unmaps everything. Returns the bytes unmapped.
     public func unmap(ioas ioasID: UInt32, iova: UInt64, length: UInt64) throws(IOMMUError) -> UInt64 {
+        var ignored: UInt64 = 0
+        return try unmap(ioas: ioasID, iova: iova, length: length, unmappedBeforeError: &ignored)
+    }
+
+    /// IOMMU_IOAS_UNMAP that also reports, when it fails part-way, how many bytes it had
+    /// unmapped before the area that stopped it (VFIO_IOMMU_UNMAP_DMA writes that back).
+    public func unmap(ioas ioasID: UInt32, iova: UInt64, length: UInt64,
+                      unmappedBeforeError: inout UInt64) throws(IOMMUError) -> UInt64 {
+        unmappedBeforeError = 0
+        var partial: UInt64 = 0
+        defer { unmappedBeforeError = partial }
         do throws(IOMMUError) {
             return try lock.withLock { () throws(IOMMUError) -> UInt64 in
                 try checkOpen()
                 let ioas = try self.ioas(ioasID)
                 if iova == 0 && length == .max {
                     let (unmapped, error) = unmapRange(ioas.iopt, first: 0, last: .max)
+                    partial = unmapped
                     if let error, error.errno != .ENOENT { throw error }
                     return unmapped
                 }
@@ -174,6 +186,7 @@ extension IOMMUFDContext {
                 let (last, overflow) = iova.addingReportingOverflow(length - 1)
                 guard !overflow else { throw IOMMUError(.EOVERFLOW, "iova + length overflows") }
                 let (unmapped, error) = unmapRange(ioas.iopt, first: iova, last: last)
+                partial = unmapped
                 if let error { throw error }
                 return unmapped
             }
@@ -256,16 +269,14 @@ extension IOMMUFDContext {
             try lock.withLock { () throws(IOMMUError) in
                 try checkOpen()
                 let ioas = try self.ioas(ioasID)
-                var sorted: [IOVARange] = []
                 for r in ranges {
                     guard r.first < r.last else { throw IOMMUError(.EINVAL, "range \(r) has start >= last") }
-                    if sorted.contains(where: { $0.overlaps(r) }) {
-                        throw IOMMUError(.EINVAL, "range \(r) overlaps another")
-                    }
                     try failures.check("allowed.alloc")
-                    sorted.append(r)
                 }
-                sorted.sort { $0.first < $1.first }
+                let sorted = ranges.sorted { $0.first < $1.first }
+                for k in sorted.indices.dropFirst() where sorted[k - 1].overlaps(sorted[k]) {
+                    throw IOMMUError(.EINVAL, "range \(sorted[k]) overlaps another")
+                }
                 for r in sorted {
                     if let res = ioas.iopt.reservedOverlap(r.first, r.last) {
                         throw IOMMUError(.EADDRINUSE, "allowed \(r) meets reserved \(res.range)")

@@ -692,7 +692,8 @@ struct DeviceErrnoTests {
         expectErrno(.ENOENT) { () throws(IOMMUError) in try h.ctx.attach(device: dev, to: 99) }
         expectErrno(.ENOENT) { () throws(IOMMUError) in try h.ctx.attach(device: 99, to: ioas) }
         expectErrno(.EINVAL, "a DEVICE is not a page table") { () throws(IOMMUError) in try h.ctx.attach(device: dev, to: dev) }
-        expectErrno(.ENOENT, "not an IOAS for HWPT_ALLOC") { () throws(IOMMUError) in try h.ctx.allocHWPT(device: dev, ioas: 99) }
+        // iommufd_hwpt_alloc: a pt_id that names no object is EINVAL, not ENOENT.
+        expectErrno(.EINVAL, "no object for HWPT_ALLOC's pt_id") { () throws(IOMMUError) in try h.ctx.allocHWPT(device: dev, ioas: 99) }
         let d = Harness.defaultMachine()
         let dma = try d.bind("dma0"), dIOAS = try d.ctx.allocIOAS()
         expectErrno(.EOPNOTSUPP, "dirty tracking on a unit without it") { () throws(IOMMUError) in
