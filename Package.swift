@@ -17,6 +17,8 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "IOMMUFD", targets: ["IOMMUFD"]),
+        // The ABI layer on its own (bytes in, bytes out): for front ends and the benchmarks.
+        .library(name: "IOMMUABI", targets: ["IOMMUABI"]),
         .executable(name: "uiommufd", targets: ["uiommufd"]),
         // The LD_PRELOAD interposer (Swift stdlib linked statically, loads into any C program).
         .library(name: "uiommufd-preload", type: .dynamic, targets: ["UIOMMUPreload"]),
@@ -43,7 +45,11 @@ let package = Package(
         .target(name: "CUIOMMUInterpose"),
         // The interposer's Swift half: the entry points the C half calls.
         .target(name: "UIOMMUPreload", dependencies: ["CUIOMMUInterpose", "IOMMUABI", "IOMMUEngine", "ProcessMemory", "IOMMUHardware", "UIOMMUBase"],
-                swiftSettings: strict),
+                swiftSettings: strict,
+                // The Swift runtime goes inside the .so (no libswift*.so needed by the host program),
+                // and the .so's references to its own symbols bind to itself (-Bsymbolic), so a host
+                // program that exports the same Swift modules cannot replace them.
+                linkerSettings: [.unsafeFlags(["-static-stdlib", "-Xlinker", "-Bsymbolic"])]),
         // Public typed Swift API over a back end (the engine today; the kernel later).
         .target(name: "IOMMUFD", dependencies: ["UIOMMUBase", "ProcessMemory", "IOMMUHardware", "IOMMUEngine"],
                 swiftSettings: strict),

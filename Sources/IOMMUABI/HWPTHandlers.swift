@@ -307,11 +307,16 @@ extension Handlers {
         return call.fail(.ENOENT, "no vIOMMU \(viommu)")
     }
 
-    /// IOMMU_IOAS_CHANGE_PROCESS: moving pin accounting between processes is not modelled by
-    /// the engine: EOPNOTSUPP past the __reserved check.
+    /// IOMMU_IOAS_CHANGE_PROCESS: the calling process takes over the pin accounting of every
+    /// file map (EINVAL if a user-address map exists).
     static let ioasChangeProcess: IoctlHandler = { file, call in
         guard call.bytes.u32(ABI.IOASChangeProcess.reserved) == 0 else { return call.fail(.EOPNOTSUPP, "__reserved is not zero") }
-        return call.fail(.EOPNOTSUPP, "changing the accounting process is not supported")
+        do throws(IOMMUError) {
+            try file.context.changeProcess(to: file.context.memory.owner)
+        } catch {
+            return call.fail(error)
+        }
+        return 0
     }
 
     /// IOMMU_VEVENTQ_ALLOC: flags, __reserved and type (EOPNOTSUPP), depth (EINVAL), then the

@@ -263,6 +263,15 @@ extension IOMMUFDFile {
                     return Self.errno(error, trace)
                 }
                 var partial: UInt64 = 0
+                // An unmap of a range where nothing is mapped succeeds with size 0 (kernels
+                // since late 2025, also in 6.12.y stable); IOMMU_IOAS_UNMAP still says ENOENT.
+                let (last, wraps) = iova.addingReportingOverflow(size &- 1)
+                if size != 0, !wraps, (try? context.hasArea(ioas: ioas, first: iova, last: last)) == false {
+                    u.set64(L.length, 0)
+                    guard user.copyToUser(arg, u.base, L.size) else { return Self.errno(.EFAULT, trace, "cannot write size back") }
+                    trace?.captureOutput(u)
+                    return 0
+                }
                 do throws(IOMMUError) {
                     unmapped = try context.unmap(ioas: ioas, iova: iova, length: size, unmappedBeforeError: &partial)
                     // (0, U64_MAX) is "everything" to the engine but an ordinary range here:

@@ -391,6 +391,55 @@ extension IOMMUFDContext {
         }
     }
 
+    /// IOMMU_IOAS_CHANGE_PROCESS: charges every pinned page of this context's maps to `owner`
+    /// (the calling process) instead of the process that mapped it. Only file maps
+    /// (IOAS_MAP_FILE) can move: any user-address map gives EINVAL. All or nothing (ENOMEM if
+    /// the new owner's budget is exceeded).
+    public func changeProcess(to owner: MemoryOwner) throws(IOMMUError) {
+        try lock.withLock { () throws(IOMMUError) in
+            try checkOpen()
+            var moving: [Pages] = []
+            var seen = Set<ObjectIdentifier>()
+            for case let ioas as IOAS in table.objects.values {
+                for area in ioas.iopt.areas.all(in: 0, .max) {
+                    guard area.pages.isFile else {
+                        throw IOMMUError(.EINVAL, "the area at 0x\(String(area.iova, radix: 16)) maps user memory, not a file")
+                    }
+                    if area.pages.account.owner != owner, seen.insert(ObjectIdentifier(area.pages)).inserted {
+                        moving.append(area.pages)
+                    }
+                }
+            }
+            // Charge the new owner first, so a refusal leaves every charge where it was.
+            var charged: [(Pages, PinAccount)] = []
+            for pages in moving {
+                var account = pages.account
+                account.owner = owner
+                account.mode = accountMode
+                account.policy = _pinPolicy
+                do throws(IOMMUError) {
+                    if pages.pinnedPageCount > 0 { try platform.ledger.charge(pages: pages.pinnedPageCount, to: account) }
+                } catch {
+                    for (p, a) in charged where p.pinnedPageCount > 0 { platform.ledger.uncharge(pages: p.pinnedPageCount, from: a) }
+                    throw error
+                }
+                charged.append((pages, account))
+            }
+            for (pages, account) in charged {
+                if pages.pinnedPageCount > 0 { platform.ledger.uncharge(pages: pages.pinnedPageCount, from: pages.account) }
+                pages.account = account
+            }
+        }
+    }
+
+    /// True if any area of the IOAS intersects `[first, last]`.
+    public func hasArea(ioas ioasID: UInt32, first: UInt64, last: UInt64) throws(IOMMUError) -> Bool {
+        try lock.withLock { () throws(IOMMUError) -> Bool in
+            try checkOpen()
+            return try self.ioas(ioasID).iopt.areas.first(in: first, last) != nil
+        }
+    }
+
     /// The area that maps `iova` in an IOAS, if any: (iova, last, permissions).
     public func area(ioas ioasID: UInt32, containing iova: UInt64) throws(IOMMUError) -> (iova: UInt64, last: UInt64, permissions: IOPermissions)? {
         try lock.withLock { () throws(IOMMUError) -> (iova: UInt64, last: UInt64, permissions: IOPermissions)? in

@@ -250,8 +250,20 @@ struct HWPTHandlerTests {
         #expect(h.call(R.hwQueueAlloc, queue.set64(ABI.HWQueueAlloc.nestingParentIOVA, .max)) == err(.EOVERFLOW))
         #expect(h.call(R.hwQueueAlloc, queue.set32(ABI.HWQueueAlloc.flags, 1)) == err(.EOPNOTSUPP))
 
-        #expect(h.call(R.ioasChangeProcess, Cmd(8)) == err(.EOPNOTSUPP))
         #expect(h.call(R.ioasChangeProcess, Cmd(8).set32(ABI.IOASChangeProcess.reserved, 1)) == err(.EOPNOTSUPP))
         #expect(h.broker.fileMemory(fd: 0) == nil)
+    }
+
+    /// IOMMU_IOAS_CHANGE_PROCESS: fine with no maps (or file maps only), EINVAL once a
+    /// user-address map exists.
+    @Test func changeProcess() {
+        let h = ABIHarness()
+        #expect(h.call(R.ioasChangeProcess, Cmd(8)) == 0)
+        let ioas = h.allocIOAS()
+        let va = h.space.map(length: 0x4000)
+        let map = Cmd(40).set32(ABI.IOASMap.flags, 7).set32(ABI.IOASMap.ioasID, ioas)
+            .set64(ABI.IOASMap.userVA, va).set64(ABI.IOASMap.length, 0x4000).set64(ABI.IOASMap.iova, 0x100_0000)
+        #expect(h.call(R.ioasMap, map) == 0)
+        #expect(h.call(R.ioasChangeProcess, Cmd(8)) == err(.EINVAL))
     }
 }

@@ -1,0 +1,113 @@
+/*
+ * Internals shared by the C files of the interposer. Nothing here is visible outside the
+ * preload library (hidden visibility).
+ */
+#ifndef UIOMMU_INTERNAL_H
+#define UIOMMU_INTERNAL_H
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+/* The wrappers define read, open… themselves: no fortified inline versions of them. */
+#undef _FORTIFY_SOURCE
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#define HIDDEN __attribute__((visibility("hidden")))
+#define LIKELY(x) __builtin_expect(!!(x), 1)
+#define UNLIKELY(x) __builtin_expect(!!(x), 0)
+/* Thread-locals of a preloaded library live in the static TLS block: no __tls_get_addr. */
+#define TLS __thread __attribute__((tls_model("initial-exec")))
+
+/* ---- real.c: the next definition of each interposed symbol (libc), with a raw-syscall
+ * fallback while it cannot be resolved yet (early start-up, recursion in dlsym). ---------- */
+HIDDEN int real_openat(int dirfd, const char *path, int flags, mode_t mode);
+HIDDEN int real_close(int fd);
+HIDDEN int real_close_range(unsigned first, unsigned last, int flags);
+HIDDEN void real_closefrom(int lowfd);
+HIDDEN int real_dup(int fd);
+HIDDEN int real_dup2(int fd, int fd2);
+HIDDEN int real_dup3(int fd, int fd2, int flags);
+HIDDEN int real_fcntl(int fd, int cmd, void *arg);
+HIDDEN int real_ioctl(int fd, unsigned long request, unsigned long arg);
+HIDDEN ssize_t real_read(int fd, void *buffer, size_t count);
+HIDDEN ssize_t real_write(int fd, const void *buffer, size_t count);
+HIDDEN ssize_t real_readv(int fd, const struct iovec *iov, int n);
+HIDDEN ssize_t real_writev(int fd, const struct iovec *iov, int n);
+HIDDEN ssize_t real_pread(int fd, void *buffer, size_t count, off_t offset);
+HIDDEN ssize_t real_pwrite(int fd, const void *buffer, size_t count, off_t offset);
+HIDDEN ssize_t real_preadv2(int fd, const struct iovec *iov, int n, off_t offset, int flags);
+HIDDEN ssize_t real_pwritev2(int fd, const struct iovec *iov, int n, off_t offset, int flags);
+HIDDEN void *real_mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset);
+HIDDEN int real_fstatat(int dirfd, const char *path, struct stat *st, int flags);
+HIDDEN int real_statx(int dirfd, const char *path, int flags, unsigned mask, struct statx *stx);
+HIDDEN int real_faccessat(int dirfd, const char *path, int mode, int flags);
+HIDDEN int real_euidaccess(const char *path, int mode);
+
+/* ---- fdtable.c: handles, the fd table, the gate ------------------------------------------ */
+enum handle_kind { HANDLE_IOMMUFD = 1, HANDLE_AUX = 2 };
+
+struct handle {
+    /* Descriptors referring to the handle (fd slots), plus transient references taken by
+     * dup while it runs. The handle is released when this reaches 0. */
+    _Atomic long refs;
+    int kind;
+    /* The Swift object (retained). */
+    void *object;
+    /* Auxiliary handles: a descriptor of the eventfd used to signal readability, and whether
+     * it is signalled; both guarded by `lock`. */
+    pthread_mutex_t lock;
+    int signal_fd;
+    int signalled;
+    /* iommufd handles: the identity of the memfd, to notice a number that was closed behind
+     * our back (a raw close system call) and reused for another file. */
+    dev_t dev;
+    ino_t ino;
+    struct handle *next;   /* free list / deferred-release list */
+};
+
+/* The handle in slot `fd`, or NULL. The fast path of every interposed call: one load of a
+ * global flag while no descriptor was ever owned, else two dependent loads. */
+HIDDEN extern atomic_int uiommu_table_active;
+HIDDEN struct handle *slot_get_slow(int fd);
+static inline struct handle *slot_get(int fd) {
+    if (LIKELY(!atomic_load_explicit(&uiommu_table_active, memory_order_acquire))) return NULL;
+    return slot_get_slow(fd);
+}
+/* Stores `h` (may be NULL) in slot `fd`, returning what was there. */
+HIDDEN struct handle *slot_exchange(int fd, struct handle *h);
+/* Replaces `expected` in slot `fd` with NULL; returns 1 if it was there. */
+HIDDEN int slot_clear_if(int fd, struct handle *expected);
+/* Calls `fn` for each owned slot in [first, last] after clearing it. */
+HIDDEN void slot_clear_range(unsigned first, unsigned last, void (*fn)(int fd, struct handle *h, void *ctx), void *ctx);
+
+HIDDEN struct handle *handle_new(int kind, void *object);
+/* Takes a reference if the handle is still alive (refs > 0); returns 0 if it is dying. */
+HIDDEN int handle_ref_if_alive(struct handle *h);
+/* Drops a reference; the last one releases the Swift object (after every call that might
+ * still use it has left the gate) and recycles the handle. */
+HIDDEN void handle_unref(struct handle *h);
+/* The handle in slot `fd` with a reference taken, or NULL. */
+HIDDEN struct handle *handle_get_ref(int fd);
+
+/* The gate: every call into Swift runs inside it (shared); releasing a handle and fork wait
+ * for it to be empty (exclusive). Re-entrant per thread. */
+HIDDEN void gate_enter(void);
+HIDDEN void gate_exit(void);
+
+/* Aux bookkeeping when descriptor `fd` of handle `h` goes away (picks another descriptor for
+ * signalling). */
+HIDDEN void aux_forget_fd(struct handle *h, int fd);
+
+/* Whether descriptor `fd`, found in the table with iommufd handle `h`, is still that memfd. If it
+ * is not (closed by a raw system call, number reused), the slot is dropped and 0 returned. */
+HIDDEN int iommufd_slot_is_current(int fd, struct handle *h);
+
+/* ---- interpose.c ---------------------------------------------------------------------------*/
+/* Fills `st` as a stat of /dev/iommu (a character device). */
+HIDDEN void fake_iommu_stat(struct stat *st);
+#endif

@@ -1,2 +1,0 @@
-import CUIOMMUInterpose
-public enum _UIOMMUPreloadPlaceholder {}
