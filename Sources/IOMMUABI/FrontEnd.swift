@@ -40,6 +40,14 @@ public protocol FileDescriptorBroker: AnyObject, Sendable {
     /// The memory behind descriptor `fd` for IOMMU_IOAS_MAP_FILE (a memfd), or nil if `fd` is
     /// not a descriptor of a mappable file (EBADF).
     func fileMemory(fd: Int32) -> (any PinnableMemory)?
+    /// The auxiliary file behind descriptor `fd` if it is one this broker installed and it is
+    /// still open (the kernel's fget(fd) and f_op check, e.g. for the selftest's access fds).
+    func auxiliaryFile(fd: Int32) -> (any AuxiliaryFile)?
+}
+
+public extension FileDescriptorBroker {
+    /// Brokers that hand out no auxiliary files find none.
+    func auxiliaryFile(fd: Int32) -> (any AuxiliaryFile)? { nil }
 }
 
 /// How an iommufd file behaves.

@@ -30,11 +30,32 @@ public final class IOMMUFDFile: @unchecked Sendable {
         self.broker = broker
         self.options = options
         self.tableCount = options.selftestOps ? IoctlTable.countWithSelftest : IoctlTable.countWithoutSelftest
+        // IOMMU_TEST_OP_MD_CHECK_REFS reads per-page pin counts, which are kept only on demand.
+        if options.selftestOps { platform.ledger.physicalPins.startTracking() }
     }
 
-    /// The last close of the file: destroys every object (iommufd_fops_release).
+    /// Holders of the file: its descriptors (one reference for all of them, dropped by the
+    /// front end at the last close) plus each VFIO device or group bound to it, as the kernel's
+    /// iommufd_ctx_get does. The context closes when the last goes.
+    private let usersLock = Lock()
+    private var users = 1
+
+    /// Takes a reference for a VFIO device or group; false if the file is already closed.
+    public func retainUser() -> Bool {
+        usersLock.withLock {
+            guard users > 0 else { return false }
+            users += 1
+            return true
+        }
+    }
+
+    /// Drops a reference; the last one destroys every object (iommufd_fops_release).
     public func release() {
-        context.close()
+        let last = usersLock.withLock { () -> Bool in
+            users -= 1
+            return users == 0
+        }
+        if last { context.close() }
     }
 
     /// ioctl(2) on this file. `arg` is the raw third argument: a user pointer for iommufd

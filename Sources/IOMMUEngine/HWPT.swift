@@ -81,8 +81,11 @@ extension IOMMUFDContext {
         if flags.contains(.nestParent) && !unit.nesting {
             throw IOMMUError(.EOPNOTSUPP, "\(unit.name) cannot be a nesting parent")
         }
-        if flags.contains(.dirtyTracking) && !unit.dirtyTracking {
-            throw IOMMUError(.EOPNOTSUPP, "\(unit.name) has no dirty tracking")
+        if flags.contains(.dirtyTracking) && !device.device.dirtyCapable {
+            throw IOMMUError(.EOPNOTSUPP, "\(device.device.spec.name) cannot track dirty pages through \(unit.name)")
+        }
+        if flags.contains(.faultIDValid) && !unit.kind.pagingDomainsTakeFaults {
+            throw IOMMUError(.EOPNOTSUPP, "\(unit.name)'s paging domains take no fault queue")
         }
         if flags.contains(.faultIDValid) {
             // No FAULT object can exist yet, so the fault_id lookup fails as in Linux.

@@ -151,11 +151,14 @@ public final class Pages {
     private(set) var pinnedPageCount: UInt64 = 0
     /// Areas referencing this object (the kernel's kref on iopt_pages).
     var areaRefs = 0
+    /// Pins are counted per physical page in `ledger.physicalPins` (decided at creation).
+    let countsPhysicalPins: Bool
 
     init(memory: any PinnableMemory, base: UInt64, pageCount: UInt64, writable: Bool,
          account: PinAccount, ledger: PinLedger, isFile: Bool) {
         self.memory = memory; self.base = base; self.pageCount = pageCount
         self.writable = writable; self.account = account; self.ledger = ledger; self.isFile = isFile
+        self.countsPhysicalPins = ledger.physicalPins.isTracking
     }
 
     /// Adds one user to pages `[first, last]`, pinning (resolving and charging) those that had
@@ -184,6 +187,7 @@ public final class Pages {
         // Commit.
         users.add(first, last, 1)
         if !newRuns.isEmpty { insertRuns(newRuns) }
+        if countsPhysicalPins { ledger.physicalPins.add(newRuns, 1) }
         pinnedPageCount += newPages
     }
 
@@ -192,6 +196,7 @@ public final class Pages {
         let released = users.add(first, last, -1)
         var freed: UInt64 = 0
         for (a, b) in released {
+            if countsPhysicalPins { ledger.physicalPins.add(physicalRuns(first: a, last: b), -1) }
             removeRuns(first: a, last: b)
             freed += b - a + 1
         }

@@ -48,6 +48,8 @@ public final class PinLedger: @unchecked Sendable {
     private var processLocked: [Int32: UInt64] = [:]
     private var processPinned: [Int32: UInt64] = [:]
     private var total: UInt64 = 0
+    /// Pin counts per physical page, host-wide (PinRegistry.swift; off until started).
+    public let physicalPins = PhysicalPinCounter()
 
     public init() {}
 

@@ -91,6 +91,18 @@ public final class Platform: @unchecked Sendable {
     public func unit(named name: String) -> IOMMUUnit? { lock.withLock { unitsByName[name] } }
     public var units: [IOMMUUnit] { lock.withLock { machine.iommus.compactMap { unitsByName[$0.name] } } }
 
+    /// Adds an IOMMU unit the machine file does not describe (the selftest's mock IOMMU), or
+    /// returns the unit already called `spec.name`. Devices reach it through `hotAdd`.
+    @discardableResult
+    public func addUnit(_ spec: IOMMUUnitSpec) -> IOMMUUnit {
+        lock.withLock {
+            if let unit = unitsByName[spec.name] { return unit }
+            let unit = IOMMUUnit(spec: spec)
+            unitsByName[spec.name] = unit
+            return unit
+        }
+    }
+
     public func device(named name: String) -> PlatformDevice? {
         lock.withLock { _devices.first { $0.spec.name == name } }
     }

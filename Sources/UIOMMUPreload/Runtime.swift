@@ -131,6 +131,18 @@ final class PreloadRuntime: @unchecked Sendable {
     func added(_ entry: AuxFile) { lock.withLock { aux[ObjectIdentifier(entry)] = entry } }
     func removed(_ entry: AuxFile) { _ = lock.withLock { aux.removeValue(forKey: ObjectIdentifier(entry)) } }
 
+    /// The auxiliary file descriptor `fd` refers to (fget), if it is one of ours.
+    func auxFile(fd: Int32) -> AuxFile? {
+        var fds = [Int32](repeating: -1, count: 16)
+        for entry in lock.withLock({ Array(aux.values) }) {
+            let n = Int(fds.withUnsafeMutableBufferPointer {
+                uiommu_fds_of(Unmanaged.passUnretained(entry).toOpaque(), $0.baseAddress, 16)
+            })
+            if fds.prefix(min(n, 16)).contains(fd) { return entry }
+        }
+        return nil
+    }
+
     /// After anything that may have queued or consumed events: poll readiness of every
     /// auxiliary descriptor follows its file.
     func syncAllReadiness() {

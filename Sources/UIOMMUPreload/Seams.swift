@@ -38,6 +38,12 @@ final class PreloadBroker: FileDescriptorBroker, @unchecked Sendable {
         return fd
     }
 
+    func auxiliaryFile(fd: Int32) -> (any AuxiliaryFile)? {
+        guard fd >= 0, uiommu_fd_kind(fd) == Int32(UIOMMU_FD_AUX),
+              case .success(let runtime) = PreloadRuntime.shared else { return nil }
+        return runtime.auxFile(fd: fd)?.file
+    }
+
     func fileMemory(fd: Int32) -> (any PinnableMemory)? {
         // Our own descriptors are memfds too, but not files anyone can map.
         guard fd >= 0, uiommu_fd_kind(fd) == Int32(UIOMMU_FD_NONE) else { return nil }

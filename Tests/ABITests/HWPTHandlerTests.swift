@@ -32,10 +32,15 @@ struct HWPTHandlerTests {
         // Paging HWPTs take no driver data.
         #expect(h.call(R.hwptAlloc, base.set32(A.dataType, 1).set32(A.dataLen, 24)) == err(.EOPNOTSUPP))
         #expect(h.call(R.hwptAlloc, base.set32(A.flags, 0x10)) == err(.EOPNOTSUPP))
-        // FAULT_ID_VALID: no fault object can exist, the HWPT is aborted.
+        // FAULT_ID_VALID: the mock driver takes no fault queue on a paging domain (EOPNOTSUPP);
+        // through VT-d no fault object can exist, and the HWPT is aborted (ENOENT).
         let before = h.file.context.objects().count
-        #expect(h.call(R.hwptAlloc, base.set32(A.flags, IOMMUConstants.hwptFaultIDValid).set32(A.faultID, 1)) == err(.ENOENT))
-        #expect(h.file.context.objects().count == before)
+        #expect(h.call(R.hwptAlloc, base.set32(A.flags, IOMMUConstants.hwptFaultIDValid).set32(A.faultID, 1)) == err(.EOPNOTSUPP))
+        let vtd = h.bind("vdev0")
+        let vtdBefore = h.file.context.objects().count
+        #expect(h.call(R.hwptAlloc, base.set32(A.devID, vtd).set32(A.flags, IOMMUConstants.hwptFaultIDValid).set32(A.faultID, 1)) == err(.ENOENT))
+        #expect(h.file.context.objects().count == vtdBefore)
+        #expect(vtdBefore == before + 1)
         // Dirty tracking needs a capable IOMMU.
         #expect(h.call(R.hwptAlloc, base.set32(A.flags, 2)) == 0)
         let plain = h.bind("vdev1")

@@ -60,15 +60,31 @@ final class TestFile: PinnableMemory, @unchecked Sendable {
 
 final class TestBroker: FileDescriptorBroker {
     private let state = Mutex<(next: Int32, files: [Int32: TestFile], installed: Int)>((100, [:], 0))
+    private let aux = Mutex<[Int32: any AuxiliaryFile]>([:])
 
     func install(_ file: any AuxiliaryFile) -> Int32 {
-        state.withLock { s in
+        let fd = state.withLock { s in
             defer { s.next += 1; s.installed += 1 }
             return s.next
         }
+        aux.withLock { $0[fd] = file }
+        return fd
     }
 
     func fileMemory(fd: Int32) -> (any PinnableMemory)? { state.withLock { $0.files[fd] } }
+
+    func auxiliaryFile(fd: Int32) -> (any AuxiliaryFile)? { aux.withLock { $0[fd] } }
+
+    /// close(2) of an auxiliary descriptor: its file is released. False if `fd` is not one.
+    @discardableResult
+    func close(_ fd: Int32) -> Bool {
+        guard let file = aux.withLock({ $0.removeValue(forKey: fd) }) else { return false }
+        file.release()
+        return true
+    }
+
+    /// Auxiliary descriptors still open.
+    var openAuxiliary: [Int32] { aux.withLock { $0.keys.sorted() } }
 
     /// Registers a memfd and returns its fd number.
     func addFile(_ file: TestFile) -> Int32 {
