@@ -95,12 +95,13 @@ if [ ! -x "$bin" ] || [ "$test_src" -nt "$bin" ] || [ "$root/include/uapi-compat
   fi
 fi
 
-# 4. A hugetlb pool for the *_hugepage / *_huge variants (2 MiB pages; dirty128M_huge needs 64).
+# 4. A hugetlb pool for the *_hugepage / *_huge variants (2 MiB pages; dirty128M_huge needs 64;
+#    512 leaves room for anything else on the machine using the pool at the same time).
 hp=/proc/sys/vm/nr_hugepages
 old_hp=
 if [ -w "$hp" ]; then
   old_hp=$(cat "$hp")
-  [ "$old_hp" -lt 128 ] && echo 128 > "$hp" 2>/dev/null
+  [ "$old_hp" -lt 512 ] && echo 512 > "$hp" 2>/dev/null
 fi
 restore() { [ -n "$old_hp" ] && echo "$old_hp" > "$hp" 2>/dev/null; }
 trap restore EXIT
