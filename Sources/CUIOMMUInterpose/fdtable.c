@@ -190,6 +190,7 @@ struct handle *handle_new(int kind, void *object) {
     h->signalled = 0;
     h->dev = 0;
     h->ino = 0;
+    h->rdev = 0;
     h->next = NULL;
     if (kind == HANDLE_AUX) atomic_fetch_add(&aux_alive, 1);
     atomic_store_explicit(&h->refs, 1, memory_order_release);
@@ -222,6 +223,8 @@ static void finish_release(struct handle *h) {
     gate_enter();
     if (h->kind == HANDLE_IOMMUFD) {
         uiommu_core_release(h->object);
+    } else if (h->kind == HANDLE_VFIO_DEVICE || h->kind == HANDLE_VFIO_GROUP) {
+        vfio_release_object(h);
     } else {
         uiommu_core_aux_release(h->object);
         pthread_mutex_lock(&h->lock);

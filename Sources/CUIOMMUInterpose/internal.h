@@ -49,7 +49,7 @@ HIDDEN int real_faccessat(int dirfd, const char *path, int mode, int flags);
 HIDDEN int real_euidaccess(const char *path, int mode);
 
 /* ---- fdtable.c: handles, the fd table, the gate ------------------------------------------ */
-enum handle_kind { HANDLE_IOMMUFD = 1, HANDLE_AUX = 2 };
+enum handle_kind { HANDLE_IOMMUFD = 1, HANDLE_AUX = 2, HANDLE_VFIO_DEVICE = 3, HANDLE_VFIO_GROUP = 4 };
 
 struct handle {
     /* Descriptors referring to the handle (fd slots), plus transient references taken by
@@ -67,6 +67,8 @@ struct handle {
      * our back (a raw close system call) and reused for another file. */
     dev_t dev;
     ino_t ino;
+    /* The character device fstat reports (0: /dev/iommu's); see vfio.c. */
+    dev_t rdev;
     struct handle *next;   /* free list / deferred-release list */
 };
 
@@ -110,4 +112,36 @@ HIDDEN int iommufd_slot_is_current(int fd, struct handle *h);
 /* ---- interpose.c ---------------------------------------------------------------------------*/
 /* Fills `st` as a stat of /dev/iommu (a character device). */
 HIDDEN void fake_iommu_stat(struct stat *st);
+/* Fills `st` / `stx` as a stat of a character device with `rdev` (0: /dev/iommu's numbers). */
+HIDDEN void fake_chardev_stat(struct stat *st, dev_t rdev);
+HIDDEN void fake_chardev_statx(struct statx *stx, dev_t rdev);
+/* Opens an iommufd: `variant` 0 is /dev/iommu, 1 is /dev/vfio/vfio (the container). */
+HIDDEN int open_iommufd_variant(int flags, int variant);
+/* A new sealed memfd for an owned file, with the caller's access mode and flags. */
+HIDDEN int owned_memfd(const char *name, int flags);
+/* Installs handle `h` on descriptor `fd` (dropping a stale slot) and records its identity. */
+HIDDEN void install_owned(int fd, struct handle *h);
+
+/* ---- vfio.c: /dev/vfio/ device files ------------------------------------------------------ */
+/* The path's kind: 0 not a VFIO node, 1 container, 2 device (vfioN → *index), 3 group (→ *index). */
+HIDDEN int vfio_node_kind(const char *path, unsigned *index);
+/* open() of a VFIO node of kind 2 or 3. */
+HIDDEN int vfio_open_node(int kind, unsigned index, int flags);
+HIDDEN int vfio_ioctl(struct handle *h, unsigned long request, unsigned long arg);
+/* read/write family on a VFIO handle: positioned at `offset`, or (offset < 0) at the file position. */
+HIDDEN ssize_t vfio_rw(int fd, struct handle *h, int op, const struct iovec *iov, int iovcnt, off_t offset);
+HIDDEN void vfio_release_object(struct handle *h);
+
+/* ---- sysfs.c: the virtual /sys and /dev/vfio trees ---------------------------------------- */
+/* Whether `path` may be a virtual path (cheap test on the first characters). */
+static inline int maybe_virtual(const char *path) {
+    return path != NULL && path[0] == '/' && (path[1] == 'd' || path[1] == 's');
+}
+/* `path` rewritten into the shadow tree (in `buffer`), or `path` itself if it is not virtual. */
+HIDDEN const char *sysfs_rewrite(const char *path, char *buffer, size_t size);
+/* The character device numbers of a virtual device node ("/dev/vfio/3"), or 0. */
+HIDDEN dev_t vnode_rdev(const char *path);
+
+/* ---- mmio.c: BAR mappings ------------------------------------------------------------------ */
+HIDDEN void *mmio_map(struct handle *h, void *addr, size_t length, int prot, int flags, off_t offset);
 #endif

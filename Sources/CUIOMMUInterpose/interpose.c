@@ -24,6 +24,7 @@
  */
 #include "internal.h"
 #include "core.h"
+#include "vfio_core.h"
 #include "uiommu_interpose.h"
 #include <errno.h>
 #include <fcntl.h>
@@ -46,6 +47,9 @@ static const char iommu_path[] = "/dev/iommu";
 #define IOMMU_MAJOR 10
 #define IOMMU_MINOR 123
 #define IOMMU_INODE 0x696f6d6dUL
+/* /dev/vfio/vfio: misc device VFIO_MINOR. */
+#define VFIO_CONTAINER_MAJOR 10
+#define VFIO_CONTAINER_MINOR 196
 
 static inline int is_iommu_path(const char *path) {
     return path != NULL && path[0] == '/' && path[1] == 'd' && strcmp(path, iommu_path) == 0;
@@ -58,12 +62,11 @@ static inline int fail(int error) {
 
 /* ---- open ------------------------------------------------------------------------------------ */
 
-static int open_iommufd(int flags) {
-    int saved = errno;
+int owned_memfd(const char *name, int flags) {
     if (flags & O_PATH) return fail(ENXIO);
     if ((flags & (O_CREAT | O_EXCL)) == (O_CREAT | O_EXCL)) return fail(EEXIST);
     if (flags & O_DIRECTORY) return fail(ENOTDIR);
-    int fd = memfd_create("uiommufd", MFD_ALLOW_SEALING | ((flags & O_CLOEXEC) ? MFD_CLOEXEC : 0));
+    int fd = memfd_create(name, MFD_ALLOW_SEALING | ((flags & O_CLOEXEC) ? MFD_CLOEXEC : 0));
     if (fd < 0) return -1;
     real_fcntl(fd, F_ADD_SEALS, (void *)(long)(F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL));
     int access = flags & O_ACCMODE;
@@ -78,21 +81,34 @@ static int open_iommufd(int flags) {
         }
     }
     if (flags & O_NONBLOCK) real_fcntl(fd, F_SETFL, (void *)(long)O_NONBLOCK);
+    return fd;
+}
 
+void install_owned(int fd, struct handle *h) {
+    struct stat st;
+    if (real_fstatat(fd, "", &st, AT_EMPTY_PATH) == 0) {
+        h->dev = st.st_dev;
+        h->ino = st.st_ino;
+    }
+    /* A leftover slot means the number was closed behind our back (a raw syscall). */
+    struct handle *stale = slot_exchange(fd, h);
+    if (stale) handle_unref(stale);
+}
+
+int open_iommufd_variant(int flags, int variant) {
+    int saved = errno;
+    int fd = owned_memfd("uiommufd", flags);
+    if (fd < 0) return -1;
     int32_t error = 0;
     gate_enter();
     void *object = uiommu_core_open(flags, &error);
+    if (object && variant == 1) uiommu_core_vfio_container(object);
     gate_exit();
     if (!object) {
         real_close(fd);
         return fail(error > 0 ? error : ENODEV);
     }
     struct handle *h = handle_new(HANDLE_IOMMUFD, object);
-    struct stat st;
-    if (h && real_fstatat(fd, "", &st, AT_EMPTY_PATH) == 0) {
-        h->dev = st.st_dev;
-        h->ino = st.st_ino;
-    }
     if (!h) {
         gate_enter();
         uiommu_core_release(object);
@@ -100,11 +116,23 @@ static int open_iommufd(int flags) {
         real_close(fd);
         return fail(ENOMEM);
     }
-    /* A leftover slot means the number was closed behind our back (a raw syscall). */
-    struct handle *stale = slot_exchange(fd, h);
-    if (stale) handle_unref(stale);
+    if (variant == 1) h->rdev = makedev(VFIO_CONTAINER_MAJOR, VFIO_CONTAINER_MINOR);
+    install_owned(fd, h);
     errno = saved;
     return fd;
+}
+
+static int open_iommufd(int flags) { return open_iommufd_variant(flags, 0); }
+
+/* open of a path that starts like a virtual one: /dev/iommu, /dev/vfio/..., the sysfs trees. */
+static int open_virtual(int dirfd, const char *path, int flags, mode_t mode) {
+    if (is_iommu_path(path)) return open_iommufd(flags);
+    unsigned index = 0;
+    int kind = vfio_node_kind(path, &index);
+    if (kind == 1) return open_iommufd_variant(flags, 1);
+    if (kind >= 2) return vfio_open_node(kind, index, flags);
+    char buffer[PATH_MAX];
+    return real_openat(dirfd, sysfs_rewrite(path, buffer, sizeof buffer), flags, mode);
 }
 
 static inline int needs_mode(int flags) {
@@ -114,53 +142,53 @@ static inline int needs_mode(int flags) {
 EXPORT int open(const char *path, int flags, ...) {
     mode_t mode = 0;
     if (needs_mode(flags)) { va_list ap; va_start(ap, flags); mode = va_arg(ap, mode_t); va_end(ap); }
-    if (UNLIKELY(is_iommu_path(path))) return open_iommufd(flags);
+    if (UNLIKELY(maybe_virtual(path))) return open_virtual(AT_FDCWD, path, flags, mode);
     return real_openat(AT_FDCWD, path, flags, mode);
 }
 
 EXPORT int open64(const char *path, int flags, ...) {
     mode_t mode = 0;
     if (needs_mode(flags)) { va_list ap; va_start(ap, flags); mode = va_arg(ap, mode_t); va_end(ap); }
-    if (UNLIKELY(is_iommu_path(path))) return open_iommufd(flags);
+    if (UNLIKELY(maybe_virtual(path))) return open_virtual(AT_FDCWD, path, flags | O_LARGEFILE, mode);
     return real_openat(AT_FDCWD, path, flags | O_LARGEFILE, mode);
 }
 
 EXPORT int openat(int dirfd, const char *path, int flags, ...) {
     mode_t mode = 0;
     if (needs_mode(flags)) { va_list ap; va_start(ap, flags); mode = va_arg(ap, mode_t); va_end(ap); }
-    if (UNLIKELY(is_iommu_path(path))) return open_iommufd(flags);
+    if (UNLIKELY(maybe_virtual(path))) return open_virtual(dirfd, path, flags, mode);
     return real_openat(dirfd, path, flags, mode);
 }
 
 EXPORT int openat64(int dirfd, const char *path, int flags, ...) {
     mode_t mode = 0;
     if (needs_mode(flags)) { va_list ap; va_start(ap, flags); mode = va_arg(ap, mode_t); va_end(ap); }
-    if (UNLIKELY(is_iommu_path(path))) return open_iommufd(flags);
+    if (UNLIKELY(maybe_virtual(path))) return open_virtual(dirfd, path, flags | O_LARGEFILE, mode);
     return real_openat(dirfd, path, flags | O_LARGEFILE, mode);
 }
 
 /* _FORTIFY_SOURCE variants (no mode: glibc aborts on O_CREAT without one). */
 EXPORT int __open_2(const char *path, int flags) {
-    if (UNLIKELY(is_iommu_path(path))) return open_iommufd(flags);
     if (needs_mode(flags)) abort();
+    if (UNLIKELY(maybe_virtual(path))) return open_virtual(AT_FDCWD, path, flags, 0);
     return real_openat(AT_FDCWD, path, flags, 0);
 }
 
 EXPORT int __open64_2(const char *path, int flags) {
-    if (UNLIKELY(is_iommu_path(path))) return open_iommufd(flags);
     if (needs_mode(flags)) abort();
+    if (UNLIKELY(maybe_virtual(path))) return open_virtual(AT_FDCWD, path, flags | O_LARGEFILE, 0);
     return real_openat(AT_FDCWD, path, flags | O_LARGEFILE, 0);
 }
 
 EXPORT int __openat_2(int dirfd, const char *path, int flags) {
-    if (UNLIKELY(is_iommu_path(path))) return open_iommufd(flags);
     if (needs_mode(flags)) abort();
+    if (UNLIKELY(maybe_virtual(path))) return open_virtual(dirfd, path, flags, 0);
     return real_openat(dirfd, path, flags, 0);
 }
 
 EXPORT int __openat64_2(int dirfd, const char *path, int flags) {
-    if (UNLIKELY(is_iommu_path(path))) return open_iommufd(flags);
     if (needs_mode(flags)) abort();
+    if (UNLIKELY(maybe_virtual(path))) return open_virtual(dirfd, path, flags | O_LARGEFILE, 0);
     return real_openat(dirfd, path, flags | O_LARGEFILE, 0);
 }
 
@@ -339,6 +367,14 @@ static int owned_ioctl(int fd, unsigned long request, unsigned long arg) {
     int saved = errno;
     gate_enter();
     struct handle *h = slot_get(fd);
+    if (h && (h->kind == HANDLE_VFIO_DEVICE || h->kind == HANDLE_VFIO_GROUP)
+        && (((request >> 8) & 0xff) == 0x3b || iommufd_slot_is_current(fd, h))) {
+        int r = vfio_ioctl(h, request, arg);
+        gate_exit();
+        if (r < 0) return fail(-r);
+        errno = saved;
+        return r;
+    }
     if (!h || h->kind != HANDLE_IOMMUFD
         || (((request >> 8) & 0xff) != 0x3b && !iommufd_slot_is_current(fd, h))) {
         /* Closed meanwhile, an eventfd, or — for a request that is not iommufd's — a number
@@ -393,13 +429,21 @@ static ssize_t aux_write(struct handle *h, const void *buffer, size_t count) {
 /* read/write-family call on an owned descriptor. `op`: 0 read, 1 write. The iommufd has no
  * read or write method: EINVAL, as the kernel. Positioned calls on an auxiliary file (an
  * anonymous inode, not seekable): ESPIPE. */
-static ssize_t owned_rw(int fd, int op, int positioned, const struct iovec *iov, int iovcnt, int *handled) {
+static ssize_t owned_rw(int fd, int op, int positioned, off_t position, const struct iovec *iov, int iovcnt, int *handled) {
     int saved = errno;
     gate_enter();
     struct handle *h = slot_get(fd);
     if (!h) { gate_exit(); *handled = 0; return 0; }
     *handled = 1;
     ssize_t r;
+    if ((h->kind == HANDLE_VFIO_DEVICE || h->kind == HANDLE_VFIO_GROUP)) {
+        if (!iommufd_slot_is_current(fd, h)) { gate_exit(); *handled = 0; return 0; }
+        r = vfio_rw(fd, h, op, iov, iovcnt, positioned ? position : -1);
+        gate_exit();
+        if (r < 0) { errno = (int)-r; return -1; }
+        errno = saved;
+        return r;
+    }
     if (h->kind == HANDLE_IOMMUFD && !iommufd_slot_is_current(fd, h)) {
         gate_exit();
         *handled = 0;
@@ -431,10 +475,12 @@ static ssize_t owned_rw(int fd, int op, int positioned, const struct iovec *iov,
 }
 
 #define OWNED_RW(fd, op, positioned, iov, cnt, fallback)                                  \
+    OWNED_RW_AT(fd, op, positioned, 0, iov, cnt, fallback)
+#define OWNED_RW_AT(fd, op, positioned, position, iov, cnt, fallback)                     \
     do {                                                                                  \
         if (UNLIKELY(slot_get(fd) != NULL)) {                                             \
             int handled;                                                                  \
-            ssize_t r = owned_rw(fd, op, positioned, iov, cnt, &handled);                 \
+            ssize_t r = owned_rw(fd, op, positioned, position, iov, cnt, &handled);       \
             if (handled) return r;                                                        \
         }                                                                                 \
         return fallback;                                                                  \
@@ -460,56 +506,56 @@ EXPORT ssize_t writev(int fd, const struct iovec *iov, int n) {
 
 EXPORT ssize_t pread(int fd, void *buffer, size_t count, off_t offset) {
     struct iovec v = { buffer, count };
-    OWNED_RW(fd, 0, 1, &v, 1, real_pread(fd, buffer, count, offset));
+    OWNED_RW_AT(fd, 0, 1, offset, &v, 1, real_pread(fd, buffer, count, offset));
 }
 
 EXPORT ssize_t pread64(int fd, void *buffer, size_t count, off_t offset) {
     struct iovec v = { buffer, count };
-    OWNED_RW(fd, 0, 1, &v, 1, real_pread(fd, buffer, count, offset));
+    OWNED_RW_AT(fd, 0, 1, offset, &v, 1, real_pread(fd, buffer, count, offset));
 }
 
 EXPORT ssize_t pwrite(int fd, const void *buffer, size_t count, off_t offset) {
     struct iovec v = { (void *)buffer, count };
-    OWNED_RW(fd, 1, 1, &v, 1, real_pwrite(fd, buffer, count, offset));
+    OWNED_RW_AT(fd, 1, 1, offset, &v, 1, real_pwrite(fd, buffer, count, offset));
 }
 
 EXPORT ssize_t pwrite64(int fd, const void *buffer, size_t count, off_t offset) {
     struct iovec v = { (void *)buffer, count };
-    OWNED_RW(fd, 1, 1, &v, 1, real_pwrite(fd, buffer, count, offset));
+    OWNED_RW_AT(fd, 1, 1, offset, &v, 1, real_pwrite(fd, buffer, count, offset));
 }
 
 /* preadv/pwritev: offset -1 is invalid (unlike preadv2), so they map onto preadv2 only for
  * offsets >= 0. */
 EXPORT ssize_t preadv(int fd, const struct iovec *iov, int n, off_t offset) {
-    OWNED_RW(fd, 0, 1, iov, n, offset < 0 ? (errno = EINVAL, -1) : real_preadv2(fd, iov, n, offset, 0));
+    OWNED_RW_AT(fd, 0, 1, offset, iov, n, offset < 0 ? (errno = EINVAL, -1) : real_preadv2(fd, iov, n, offset, 0));
 }
 
 EXPORT ssize_t preadv64(int fd, const struct iovec *iov, int n, off_t offset) {
-    OWNED_RW(fd, 0, 1, iov, n, offset < 0 ? (errno = EINVAL, -1) : real_preadv2(fd, iov, n, offset, 0));
+    OWNED_RW_AT(fd, 0, 1, offset, iov, n, offset < 0 ? (errno = EINVAL, -1) : real_preadv2(fd, iov, n, offset, 0));
 }
 
 EXPORT ssize_t pwritev(int fd, const struct iovec *iov, int n, off_t offset) {
-    OWNED_RW(fd, 1, 1, iov, n, offset < 0 ? (errno = EINVAL, -1) : real_pwritev2(fd, iov, n, offset, 0));
+    OWNED_RW_AT(fd, 1, 1, offset, iov, n, offset < 0 ? (errno = EINVAL, -1) : real_pwritev2(fd, iov, n, offset, 0));
 }
 
 EXPORT ssize_t pwritev64(int fd, const struct iovec *iov, int n, off_t offset) {
-    OWNED_RW(fd, 1, 1, iov, n, offset < 0 ? (errno = EINVAL, -1) : real_pwritev2(fd, iov, n, offset, 0));
+    OWNED_RW_AT(fd, 1, 1, offset, iov, n, offset < 0 ? (errno = EINVAL, -1) : real_pwritev2(fd, iov, n, offset, 0));
 }
 
 EXPORT ssize_t preadv2(int fd, const struct iovec *iov, int n, off_t offset, int flags) {
-    OWNED_RW(fd, 0, offset != -1, iov, n, real_preadv2(fd, iov, n, offset, flags));
+    OWNED_RW_AT(fd, 0, offset != -1, offset, iov, n, real_preadv2(fd, iov, n, offset, flags));
 }
 
 EXPORT ssize_t preadv64v2(int fd, const struct iovec *iov, int n, off_t offset, int flags) {
-    OWNED_RW(fd, 0, offset != -1, iov, n, real_preadv2(fd, iov, n, offset, flags));
+    OWNED_RW_AT(fd, 0, offset != -1, offset, iov, n, real_preadv2(fd, iov, n, offset, flags));
 }
 
 EXPORT ssize_t pwritev2(int fd, const struct iovec *iov, int n, off_t offset, int flags) {
-    OWNED_RW(fd, 1, offset != -1, iov, n, real_pwritev2(fd, iov, n, offset, flags));
+    OWNED_RW_AT(fd, 1, offset != -1, offset, iov, n, real_pwritev2(fd, iov, n, offset, flags));
 }
 
 EXPORT ssize_t pwritev64v2(int fd, const struct iovec *iov, int n, off_t offset, int flags) {
-    OWNED_RW(fd, 1, offset != -1, iov, n, real_pwritev2(fd, iov, n, offset, flags));
+    OWNED_RW_AT(fd, 1, offset != -1, offset, iov, n, real_pwritev2(fd, iov, n, offset, flags));
 }
 
 /* _FORTIFY_SOURCE variants of read and pread. */
@@ -534,6 +580,17 @@ static void *owned_mmap(void *addr, size_t length, int prot, int flags, int fd, 
     int saved = errno;
     gate_enter();
     struct handle *h = slot_get(fd);
+    if (h && h->kind == HANDLE_VFIO_DEVICE && iommufd_slot_is_current(fd, h)) {
+        void *p = mmio_map(h, addr, length, prot, flags, offset);
+        gate_exit();
+        if (p != MAP_FAILED) errno = saved;
+        return p;
+    }
+    if (h && h->kind == HANDLE_VFIO_GROUP && iommufd_slot_is_current(fd, h)) {
+        gate_exit();
+        errno = ENODEV;
+        return MAP_FAILED;
+    }
     if (!h || h->kind != HANDLE_IOMMUFD || !iommufd_slot_is_current(fd, h)) {
         gate_exit();
         errno = saved;
@@ -558,29 +615,33 @@ EXPORT void *mmap64(void *addr, size_t length, int prot, int flags, int fd, off_
 
 /* ---- stat and access of /dev/iommu ---------------------------------------------------------------- */
 
-void fake_iommu_stat(struct stat *st) {
+void fake_iommu_stat(struct stat *st) { fake_chardev_stat(st, 0); }
+
+void fake_chardev_stat(struct stat *st, dev_t rdev) {
     /* Owner, device and times of devtmpfs, taken from /dev/null; the rest is the iommufd's. */
     struct stat null;
     int saved = errno;
     if (real_fstatat(AT_FDCWD, "/dev/null", &null, 0) != 0) memset(&null, 0, sizeof null);
     errno = saved;
     *st = null;
-    st->st_mode = S_IFCHR | 0660;   /* the kernel creates /dev/iommu 0660 */
-    st->st_rdev = makedev(IOMMU_MAJOR, IOMMU_MINOR);
-    st->st_ino = IOMMU_INODE;
+    st->st_mode = S_IFCHR | (rdev ? 0666 : 0660);   /* the kernel creates /dev/iommu 0660 */
+    st->st_rdev = rdev ? rdev : makedev(IOMMU_MAJOR, IOMMU_MINOR);
+    st->st_ino = rdev ? IOMMU_INODE + (unsigned long)rdev : IOMMU_INODE;
     st->st_nlink = 1;
     st->st_size = 0;
     st->st_blocks = 0;
 }
 
-static void fake_iommu_statx(struct statx *stx) {
+static void fake_iommu_statx(struct statx *stx) { fake_chardev_statx(stx, 0); }
+
+void fake_chardev_statx(struct statx *stx, dev_t rdev) {
     int saved = errno;
     if (real_statx(AT_FDCWD, "/dev/null", 0, STATX_BASIC_STATS, stx) != 0) memset(stx, 0, sizeof *stx);
     errno = saved;
-    stx->stx_mode = S_IFCHR | 0660;
-    stx->stx_rdev_major = IOMMU_MAJOR;
-    stx->stx_rdev_minor = IOMMU_MINOR;
-    stx->stx_ino = IOMMU_INODE;
+    stx->stx_mode = S_IFCHR | (rdev ? 0666 : 0660);
+    stx->stx_rdev_major = rdev ? major(rdev) : IOMMU_MAJOR;
+    stx->stx_rdev_minor = rdev ? minor(rdev) : IOMMU_MINOR;
+    stx->stx_ino = rdev ? IOMMU_INODE + (unsigned long)rdev : IOMMU_INODE;
     stx->stx_nlink = 1;
     stx->stx_size = 0;
     stx->stx_blocks = 0;
@@ -588,15 +649,27 @@ static void fake_iommu_statx(struct statx *stx) {
 
 static int empty_path(const char *path) { return path != NULL && path[0] == 0; }
 
+/* Whether `fd` is one of our memfd-backed files (an iommufd or a VFIO file); its st_rdev. */
 static inline int owns_iommufd(int fd) {
     struct handle *h = slot_get(fd);
-    return h != NULL && h->kind == HANDLE_IOMMUFD && iommufd_slot_is_current(fd, h);
+    return h != NULL && h->kind != HANDLE_AUX && iommufd_slot_is_current(fd, h);
+}
+
+static inline dev_t owned_rdev(int fd) {
+    struct handle *h = slot_get(fd);
+    return h ? h->rdev : 0;
 }
 
 static int stat_at(int dirfd, const char *path, struct stat *st, int flags) {
-    if (UNLIKELY(is_iommu_path(path))) { fake_iommu_stat(st); return 0; }
+    if (UNLIKELY(maybe_virtual(path))) {
+        if (is_iommu_path(path)) { fake_iommu_stat(st); return 0; }
+        dev_t rdev = vnode_rdev(path);
+        if (rdev) { fake_chardev_stat(st, rdev); return 0; }
+        char buffer[PATH_MAX];
+        return real_fstatat(dirfd, sysfs_rewrite(path, buffer, sizeof buffer), st, flags);
+    }
     if (UNLIKELY((flags & AT_EMPTY_PATH) && empty_path(path) && owns_iommufd(dirfd))) {
-        fake_iommu_stat(st);
+        fake_chardev_stat(st, owned_rdev(dirfd));
         return 0;
     }
     return real_fstatat(dirfd, path, st, flags);
@@ -610,7 +683,7 @@ EXPORT int fstatat(int dirfd, const char *path, struct stat *st, int flags) { re
 EXPORT int fstatat64(int dirfd, const char *path, struct stat64 *st, int flags) { return stat_at(dirfd, path, (struct stat *)st, flags); }
 
 EXPORT int fstat(int fd, struct stat *st) {
-    if (UNLIKELY(owns_iommufd(fd))) { fake_iommu_stat(st); return 0; }
+    if (UNLIKELY(owns_iommufd(fd))) { fake_chardev_stat(st, owned_rdev(fd)); return 0; }
     return real_fstatat(fd, "", st, AT_EMPTY_PATH);
 }
 
@@ -627,10 +700,16 @@ EXPORT int __fxstatat(int ver, int dirfd, const char *path, struct stat *st, int
 EXPORT int __fxstatat64(int ver, int dirfd, const char *path, struct stat64 *st, int flags) { (void)ver; return stat_at(dirfd, path, (struct stat *)st, flags); }
 
 EXPORT int statx(int dirfd, const char *path, int flags, unsigned mask, struct statx *stx) {
-    if (UNLIKELY(is_iommu_path(path)
-                 || ((flags & AT_EMPTY_PATH) && empty_path(path) && owns_iommufd(dirfd)))) {
-        fake_iommu_statx(stx);
+    if (UNLIKELY(is_iommu_path(path))) { fake_iommu_statx(stx); return 0; }
+    if (UNLIKELY((flags & AT_EMPTY_PATH) && empty_path(path) && owns_iommufd(dirfd))) {
+        fake_chardev_statx(stx, owned_rdev(dirfd));
         return 0;
+    }
+    if (UNLIKELY(maybe_virtual(path))) {
+        dev_t rdev = vnode_rdev(path);
+        if (rdev) { fake_chardev_statx(stx, rdev); return 0; }
+        char buffer[PATH_MAX];
+        return real_statx(dirfd, sysfs_rewrite(path, buffer, sizeof buffer), flags, mask, stx);
     }
     return real_statx(dirfd, path, flags, mask, stx);
 }
@@ -642,23 +721,39 @@ static int iommu_access(int mode) {
     return 0;
 }
 
+/* A virtual device node answers as /dev/iommu does; a sysfs path is checked in the shadow
+ * tree. Returns 1 when answered (result in *r), 0 to go on with `*p` (maybe rewritten). */
+static int access_virtual(const char **p, char *buffer, size_t size, int mode, int *r) {
+    if (is_iommu_path(*p) || vnode_rdev(*p)) { *r = iommu_access(mode); return 1; }
+    *p = sysfs_rewrite(*p, buffer, size);
+    return 0;
+}
+
 EXPORT int access(const char *path, int mode) {
-    if (UNLIKELY(is_iommu_path(path))) return iommu_access(mode);
+    char buffer[PATH_MAX];
+    int r;
+    if (UNLIKELY(maybe_virtual(path)) && access_virtual(&path, buffer, sizeof buffer, mode, &r)) return r;
     return real_faccessat(AT_FDCWD, path, mode, 0);
 }
 
 EXPORT int faccessat(int dirfd, const char *path, int mode, int flags) {
-    if (UNLIKELY(is_iommu_path(path))) return iommu_access(mode);
+    char buffer[PATH_MAX];
+    int r;
+    if (UNLIKELY(maybe_virtual(path)) && access_virtual(&path, buffer, sizeof buffer, mode, &r)) return r;
     return real_faccessat(dirfd, path, mode, flags);
 }
 
 EXPORT int euidaccess(const char *path, int mode) {
-    if (UNLIKELY(is_iommu_path(path))) return iommu_access(mode);
+    char buffer[PATH_MAX];
+    int r;
+    if (UNLIKELY(maybe_virtual(path)) && access_virtual(&path, buffer, sizeof buffer, mode, &r)) return r;
     return real_euidaccess(path, mode);
 }
 
 EXPORT int eaccess(const char *path, int mode) {
-    if (UNLIKELY(is_iommu_path(path))) return iommu_access(mode);
+    char buffer[PATH_MAX];
+    int r;
+    if (UNLIKELY(maybe_virtual(path)) && access_virtual(&path, buffer, sizeof buffer, mode, &r)) return r;
     return real_euidaccess(path, mode);
 }
 
@@ -673,6 +768,11 @@ static const char *const symbols[] = {
     "stat", "stat64", "lstat", "lstat64", "fstat", "fstat64", "fstatat", "fstatat64", "statx",
     "__xstat", "__xstat64", "__lxstat", "__lxstat64", "__fxstat", "__fxstat64", "__fxstatat", "__fxstatat64",
     "access", "faccessat", "euidaccess", "eaccess",
+    /* vfio.c, sysfs.c, mmio.c */
+    "opendir", "fopen", "fopen64", "freopen", "freopen64", "readlink", "readlinkat", "realpath",
+    "__realpath_chk", "canonicalize_file_name", "chdir", "scandir", "scandir64", "getcwd",
+    "munmap", "getxattr", "lgetxattr", "listxattr", "llistxattr", "__readlink_chk", "__readlinkat_chk",
+    "__getcwd_chk",
     NULL,
 };
 

@@ -31,6 +31,9 @@ public final class PlatformDevice: @unchecked Sendable {
     public internal(set) var driver: String?
     /// The context that has bound this device, if any.
     var boundBy: ObjectIdentifier?
+    /// The device's behaviour: config space, BARs, interrupts; its DMA goes through `unit`
+    /// (set by the platform when the device is added).
+    public internal(set) var hardware: PCIFunction?
 
     init(index: Int, spec: PCIDeviceSpec, unit: IOMMUUnit, group: Int, quirks: DeviceQuirks) {
         self.index = index; self.spec = spec; self.unit = unit; self.group = group
@@ -80,9 +83,37 @@ public final class Platform: @unchecked Sendable {
             preconditionFailure("device \(spec.name) names unknown IOMMU \(spec.iommu)")
         }
         let device = PlatformDevice(index: _devices.count, spec: spec, unit: unit, group: group, quirks: quirks)
+        let hardware = PCIFunction.make(spec)
+        hardware.dma = IOMMUDMAPort(unit: unit, requester: spec.address, memory: physicalMemory)
+        assignResources(hardware)
+        device.hardware = hardware
         _devices.append(device)
         groupMembers[group, default: []].append(device.index)
         return device
+    }
+
+    /// Firmware's resource assignment: each BAR gets a naturally aligned address, 32-bit memory
+    /// from 0xc0000000, 64-bit memory from 0x8000000000, I/O from 0x1000.
+    private var nextMemory32: UInt64 = 0xc000_0000
+    private var nextMemory64: UInt64 = 0x80_0000_0000
+    private var nextIO: UInt64 = 0x1000
+
+    private func assignResources(_ function: PCIFunction) {
+        for (index, bar) in function.bars.enumerated() {
+            guard let bar else { continue }
+            func take(_ cursor: inout UInt64) -> UInt64 {
+                let a = (cursor + bar.size - 1) & ~(bar.size - 1)
+                cursor = a + bar.size
+                return a
+            }
+            let address: UInt64
+            switch bar.kind {
+            case .io: address = take(&nextIO)
+            case .memory32: address = take(&nextMemory32)
+            case .memory64: address = take(&nextMemory64)
+            }
+            function.assignBAR(index, address: address)
+        }
     }
 
     /// Every device, in index order.
@@ -119,6 +150,17 @@ public final class Platform: @unchecked Sendable {
     /// A group is viable for user space when every member is bound to vfio-pci or to nothing.
     public func isViable(group id: Int) -> Bool {
         groupMembers(id).allSatisfy { $0.driver == nil || $0.driver == "vfio-pci" }
+    }
+
+    /// Whether the group's DMA is owned by someone: a host driver bound to a member, or a
+    /// context that claimed it (iommu_group_dma_owner_claimed). VFIO reports a group viable
+    /// only when it is not.
+    public func dmaOwnerClaimed(group id: Int) -> Bool {
+        lock.withLock {
+            groupOwner[id] != nil || (groupMembers[id] ?? []).contains {
+                _devices[$0].driver != nil && _devices[$0].driver != "vfio-pci"
+            }
+        }
     }
 
     /// Hot-plugs a device in a new singleton group (or `group`), like a PCI hot-add.

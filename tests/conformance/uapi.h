@@ -192,6 +192,84 @@ struct cf_vfio_dma_map { uint32_t argsz; uint32_t flags; cf_u64 vaddr; cf_u64 io
 
 struct cf_vfio_dma_unmap { uint32_t argsz; uint32_t flags; cf_u64 iova; cf_u64 size; };
 
+/* ---- VFIO groups and devices ------------------------------------------------------------------- */
+#define CF_VFIO_GROUP_SET_CONTAINER   CF_IO(100 + 4)
+#define CF_VFIO_GROUP_UNSET_CONTAINER CF_IO(100 + 5)
+#define CF_VFIO_GROUP_GET_DEVICE_FD   CF_IO(100 + 6)
+#define CF_VFIO_DEVICE_GET_INFO       CF_IO(100 + 7)
+#define CF_VFIO_DEVICE_GET_REGION_INFO CF_IO(100 + 8)
+#define CF_VFIO_DEVICE_GET_IRQ_INFO   CF_IO(100 + 9)
+#define CF_VFIO_DEVICE_SET_IRQS       CF_IO(100 + 10)
+#define CF_VFIO_DEVICE_RESET          CF_IO(100 + 11)
+#define CF_VFIO_DEVICE_FEATURE        CF_IO(100 + 17)
+#define CF_VFIO_DEVICE_BIND_IOMMUFD   CF_IO(100 + 18)
+#define CF_VFIO_DEVICE_ATTACH_IOMMUFD_PT CF_IO(100 + 19)
+#define CF_VFIO_DEVICE_DETACH_IOMMUFD_PT CF_IO(100 + 20)
+
+#define CF_VFIO_GROUP_FLAGS_VIABLE (1u << 0)
+#define CF_VFIO_GROUP_FLAGS_CONTAINER_SET (1u << 1)
+struct cf_vfio_group_status { uint32_t argsz; uint32_t flags; };
+
+#define CF_VFIO_DEVICE_FLAGS_RESET (1u << 0)
+#define CF_VFIO_DEVICE_FLAGS_PCI (1u << 1)
+struct cf_vfio_device_info {
+    uint32_t argsz; uint32_t flags; uint32_t num_regions; uint32_t num_irqs; uint32_t cap_offset; uint32_t pad;
+};
+
+#define CF_VFIO_REGION_INFO_FLAG_READ (1u << 0)
+#define CF_VFIO_REGION_INFO_FLAG_WRITE (1u << 1)
+#define CF_VFIO_REGION_INFO_FLAG_MMAP (1u << 2)
+#define CF_VFIO_REGION_INFO_FLAG_CAPS (1u << 3)
+struct cf_vfio_region_info {
+    uint32_t argsz; uint32_t flags; uint32_t index; uint32_t cap_offset; cf_u64 size; cf_u64 offset;
+};
+
+/* vfio-pci's fixed indexes */
+#define CF_VFIO_PCI_BAR0_REGION_INDEX 0
+#define CF_VFIO_PCI_ROM_REGION_INDEX 6
+#define CF_VFIO_PCI_CONFIG_REGION_INDEX 7
+#define CF_VFIO_PCI_VGA_REGION_INDEX 8
+#define CF_VFIO_PCI_NUM_REGIONS 9
+#define CF_VFIO_PCI_INTX_IRQ_INDEX 0
+#define CF_VFIO_PCI_MSI_IRQ_INDEX 1
+#define CF_VFIO_PCI_MSIX_IRQ_INDEX 2
+#define CF_VFIO_PCI_ERR_IRQ_INDEX 3
+#define CF_VFIO_PCI_REQ_IRQ_INDEX 4
+#define CF_VFIO_PCI_NUM_IRQS 5
+
+#define CF_VFIO_IRQ_INFO_EVENTFD (1u << 0)
+#define CF_VFIO_IRQ_INFO_MASKABLE (1u << 1)
+#define CF_VFIO_IRQ_INFO_AUTOMASKED (1u << 2)
+#define CF_VFIO_IRQ_INFO_NORESIZE (1u << 3)
+struct cf_vfio_irq_info { uint32_t argsz; uint32_t flags; uint32_t index; uint32_t count; };
+
+#define CF_VFIO_IRQ_SET_DATA_NONE (1u << 0)
+#define CF_VFIO_IRQ_SET_DATA_BOOL (1u << 1)
+#define CF_VFIO_IRQ_SET_DATA_EVENTFD (1u << 2)
+#define CF_VFIO_IRQ_SET_ACTION_MASK (1u << 3)
+#define CF_VFIO_IRQ_SET_ACTION_UNMASK (1u << 4)
+#define CF_VFIO_IRQ_SET_ACTION_TRIGGER (1u << 5)
+struct cf_vfio_irq_set { uint32_t argsz; uint32_t flags; uint32_t index; uint32_t start; uint32_t count; };
+/* ... followed by `count` u8 bools or s32 eventfds */
+
+struct cf_vfio_device_bind_iommufd { uint32_t argsz; uint32_t flags; int32_t iommufd; uint32_t out_devid; };
+struct cf_vfio_device_attach_iommufd_pt { uint32_t argsz; uint32_t flags; uint32_t pt_id; };
+struct cf_vfio_device_detach_iommufd_pt { uint32_t argsz; uint32_t flags; };
+
+/* PCI configuration space (the PCI Local Bus specification) */
+#define CF_PCI_VENDOR_ID 0x00
+#define CF_PCI_DEVICE_ID 0x02
+#define CF_PCI_COMMAND 0x04
+#define CF_PCI_STATUS 0x06
+#define CF_PCI_BASE_ADDRESS_0 0x10
+#define CF_PCI_CAPABILITY_LIST 0x34
+#define CF_PCI_INTERRUPT_PIN 0x3d
+#define CF_PCI_COMMAND_MEMORY 0x2
+#define CF_PCI_COMMAND_MASTER 0x4
+#define CF_PCI_STATUS_CAP_LIST 0x10
+#define CF_PCI_STATUS_REC_MASTER_ABORT 0x2000
+#define CF_PCI_CAP_ID_MSI 0x05
+
 /* ---- layout pins ------------------------------------------------------------------------------ */
 _Static_assert(sizeof(struct cf_destroy) == 8, "destroy");
 _Static_assert(sizeof(struct cf_ioas_alloc) == 12, "ioas_alloc");
@@ -221,5 +299,14 @@ _Static_assert(sizeof(struct cf_vfio_cap_dma_avail) == 12, "dma_avail cap");
 _Static_assert(sizeof(struct cf_vfio_cap_iova_range) == 16, "iova_range cap");
 _Static_assert(sizeof(struct cf_vfio_dma_map) == 32, "dma_map");
 _Static_assert(sizeof(struct cf_vfio_dma_unmap) == 24, "dma_unmap");
+_Static_assert(sizeof(struct cf_vfio_group_status) == 8, "group_status");
+_Static_assert(sizeof(struct cf_vfio_device_info) == 24, "device_info");
+_Static_assert(sizeof(struct cf_vfio_region_info) == 32, "region_info");
+_Static_assert(offsetof(struct cf_vfio_region_info, size) == 16, "region_info.size");
+_Static_assert(sizeof(struct cf_vfio_irq_info) == 16, "irq_info");
+_Static_assert(sizeof(struct cf_vfio_irq_set) == 20, "irq_set");
+_Static_assert(sizeof(struct cf_vfio_device_bind_iommufd) == 16, "bind_iommufd (6.6 size)");
+_Static_assert(sizeof(struct cf_vfio_device_attach_iommufd_pt) == 12, "attach_iommufd_pt (6.6 size)");
+_Static_assert(sizeof(struct cf_vfio_device_detach_iommufd_pt) == 8, "detach_iommufd_pt (6.6 size)");
 
 #endif

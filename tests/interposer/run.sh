@@ -2,7 +2,8 @@
 # The interposer's own tests: what is specific to uiommufd rather than to the kernel ABI
 # (those are tests/conformance). Two parts:
 #   - C programs run under `uiommufd run`: auxiliary descriptors (through the preload
-#     library's echo-file test hook), fork/exec semantics, bad pointers;
+#     library's echo-file test hook), fork/exec semantics, bad pointers, BAR mappings (every
+#     instruction form the MMIO emulation decodes, against ordinary memory);
 #   - the `uiommufd run` command line: --trace, --leaks, --machine, --selftest-ops, exit
 #     statuses, lazy start-up, the preload library's dependencies.
 # Last line: "N passed, N failed"; exit status non-zero on any failure.
@@ -30,8 +31,10 @@ ok() { passed=$((passed + 1)); [ $verbose = 1 ] && echo "ok - $1"; return 0; }
 not_ok() { failed=$((failed + 1)); echo "not ok - $1"; shift; [ $# -gt 0 ] && printf '#   %s\n' "$@"; return 0; }
 
 # ---- C programs ----------------------------------------------------------------------------
-for t in t_aux t_semantics; do
-  if ! "$cc" "${cflags[@]}" -o "$out/$t" "$here/$t.c" -ldl; then not_ok "build $t"; continue; fi
+for t in t_aux t_semantics t_mmio; do
+  extra=()
+  [ $t = t_mmio ] && extra=(-mno-red-zone)   # its cases read the flags with pushfq
+  if ! "$cc" "${cflags[@]}" "${extra[@]}" -o "$out/$t" "$here/$t.c" -ldl; then not_ok "build $t"; continue; fi
   log=$("$uiommufd" run -- "$out/$t" 2>&1); rc=$?
   line=$(printf '%s\n' "$log" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -1)
   if [ -z "$line" ]; then printf '%s\n' "$log"; not_ok "$t did not finish (status $rc)"; continue; fi

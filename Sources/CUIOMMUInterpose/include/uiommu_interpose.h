@@ -13,6 +13,8 @@
  */
 #include <stddef.h>
 #include <stdint.h>
+/* The VFIO, sysfs and BAR-mapping half (vfio.c, sysfs.c, mmio.c). */
+#include "uiommu_vfio.h"
 
 #ifdef __cplusplus
 extern "C" {
