@@ -169,7 +169,7 @@ func scalingSVG(_ r: SuiteResults, subtitle: String) -> String {
               series: [Series(name: "RSS growth", color: ours, points: pts { max(1, $0.rssGrowth) }),
                        Series(name: "8 B/page", color: ref, dashed: true, points: pts { Double($0.pages * 8) }),
                        Series(name: "tables", color: extra, points: pts { $0.tableBytes })]),
-        Panel(title: "area lookup (8-byte ACCESS read)", xLabel: "areas in the IOAS", yLabel: "time per lookup",
+        Panel(title: "area lookup (IOMMUFDContext.area(ioas:containing:))", xLabel: "areas in the IOAS", yLabel: "time per lookup",
               xAxis: .count, yAxis: .time,
               series: [Series(name: "uiommufd", color: ours, points: r.areas.map { (Double($0.areas), $0.measured.ours) }),
                        Series(name: "C binary search", color: ref, dashed: true,
