@@ -11,8 +11,8 @@
  * Used by tests/kernel-selftest/run.sh (the build host's linux-libc-dev may be older than
  * the uAPI the selftest needs). Put its directory first on the include path.
  */
-#ifndef UIOMMUFD_UAPI_IOMMUFD_H
-#define UIOMMUFD_UAPI_IOMMUFD_H
+#ifndef UIOMMUFD_IOMMUFD_UAPI_COMPAT_H
+#define UIOMMUFD_IOMMUFD_UAPI_COMPAT_H
 
 #include <linux/ioctl.h>
 #include <linux/types.h>
@@ -535,4 +535,4 @@ _Static_assert(sizeof(struct iommu_veventq_alloc) == 32, "iommu_veventq_alloc");
 _Static_assert(sizeof(struct iommu_hw_queue_alloc) == 40, "iommu_hw_queue_alloc");
 #endif
 
-#endif /* UIOMMUFD_UAPI_IOMMUFD_H */
+#endif /* UIOMMUFD_IOMMUFD_UAPI_COMPAT_H */
