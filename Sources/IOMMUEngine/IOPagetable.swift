@@ -135,7 +135,12 @@ final class IOPagetable {
     var areas = AreaIndex()
     /// Sorted, disjoint; empty = all IOVAs allowed.
     var allowed: [IOVARange] = []
-    var reserved: [Reservation] = []
+    private(set) var reserved: [Reservation] = [] {
+        didSet { usableCache = nil }
+    }
+    /// IOVA_RANGES' answer, kept until the reservations change (it is asked for on every
+    /// attach by VMMs, and building it allocates).
+    private var usableCache: [IOVARange]?
     /// The HWPT_PAGING objects whose domains mirror this table.
     var domains: [HWPTPaging] = []
     var accesses: [Access] = []
@@ -156,7 +161,10 @@ final class IOPagetable {
 
     /// The usable IOVA ranges: the holes between reserved ranges (IOAS_IOVA_RANGES).
     func usableRanges() -> [IOVARange] {
-        Self.holes(in: IOVARange.all, excluding: reserved.map(\.range))
+        if let cached = usableCache { return cached }
+        let ranges = Self.holes(in: IOVARange.all, excluding: reserved.map(\.range))
+        usableCache = ranges
+        return ranges
     }
 
     /// The holes of `span` not covered by `used` (ranges may overlap, any order).
