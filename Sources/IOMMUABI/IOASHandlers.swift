@@ -133,17 +133,26 @@ enum Handlers {
         return p
     }
 
+    /// The checks IOAS_MAP, IOAS_MAP_FILE and IOAS_COPY share, in the kernel's order: unknown
+    /// flags (or a non-zero __reserved) → EOPNOTSUPP, an IOVA or length of ULONG_MAX →
+    /// EOVERFLOW, neither READABLE nor WRITEABLE → EINVAL. nil when all pass.
+    static func checkMapRequest(_ call: inout IoctlCall, flags: UInt32, reserved: UInt32 = 0,
+                                values: [UInt64]) -> Int64? {
+        guard flags & ~knownMapFlags == 0 else { return call.fail(.EOPNOTSUPP, "unknown flags 0x\(String(flags, radix: 16))") }
+        guard reserved == 0 else { return call.fail(.EOPNOTSUPP, "__reserved is not zero") }
+        guard !values.contains(.max) else { return call.fail(.EOVERFLOW, "an IOVA or the length is ULONG_MAX") }
+        guard flags & (IOMMUConstants.mapWriteable | IOMMUConstants.mapReadable) != 0 else {
+            return call.fail(.EINVAL, "neither READABLE nor WRITEABLE")
+        }
+        return nil
+    }
+
     static let ioasMap: IoctlHandler = { file, call in
         typealias L = ABI.IOASMap
         let b = call.bytes
         let flags = b.u32(L.flags)
-        guard flags & ~knownMapFlags == 0 else { return call.fail(.EOPNOTSUPP, "unknown flags 0x\(String(flags, radix: 16))") }
-        guard b.u32(L.reserved) == 0 else { return call.fail(.EOPNOTSUPP, "__reserved is not zero") }
         let iova = b.u64(L.iova), length = b.u64(L.length)
-        guard iova != .max, length != .max else { return call.fail(.EOVERFLOW, "iova or length is ULONG_MAX") }
-        guard flags & (IOMMUConstants.mapWriteable | IOMMUConstants.mapReadable) != 0 else {
-            return call.fail(.EINVAL, "neither READABLE nor WRITEABLE")
-        }
+        if let rc = checkMapRequest(&call, flags: flags, reserved: b.u32(L.reserved), values: [iova, length]) { return rc }
         let placed: UInt64
         do throws(IOMMUError) {
             placed = try file.context.map(ioas: b.u32(L.ioasID), userVA: b.u64(L.userVA), length: length,
@@ -164,12 +173,8 @@ enum Handlers {
         typealias L = ABI.IOASMapFile
         let b = call.bytes
         let flags = b.u32(L.flags)
-        guard flags & ~knownMapFlags == 0 else { return call.fail(.EOPNOTSUPP, "unknown flags 0x\(String(flags, radix: 16))") }
         let iova = b.u64(L.iova), length = b.u64(L.length)
-        guard iova != .max, length != .max else { return call.fail(.EOVERFLOW, "iova or length is ULONG_MAX") }
-        guard flags & (IOMMUConstants.mapWriteable | IOMMUConstants.mapReadable) != 0 else {
-            return call.fail(.EINVAL, "neither READABLE nor WRITEABLE")
-        }
+        if let rc = checkMapRequest(&call, flags: flags, values: [iova, length]) { return rc }
         let ioasID = b.u32(L.ioasID)
         if let error = ioasLookupError(file, ioasID) { return call.fail(error) }
         let fd = b.i32(L.fd)
@@ -209,12 +214,8 @@ enum Handlers {
         typealias L = ABI.IOASCopy
         let b = call.bytes
         let flags = b.u32(L.flags)
-        guard flags & ~knownMapFlags == 0 else { return call.fail(.EOPNOTSUPP, "unknown flags 0x\(String(flags, radix: 16))") }
         let length = b.u64(L.length), src = b.u64(L.srcIOVA), dst = b.u64(L.dstIOVA)
-        guard length != .max, src != .max, dst != .max else { return call.fail(.EOVERFLOW, "length or an IOVA is ULONG_MAX") }
-        guard flags & (IOMMUConstants.mapWriteable | IOMMUConstants.mapReadable) != 0 else {
-            return call.fail(.EINVAL, "neither READABLE nor WRITEABLE")
-        }
+        if let rc = checkMapRequest(&call, flags: flags, values: [length, src, dst]) { return rc }
         let placed: UInt64
         do throws(IOMMUError) {
             placed = try file.context.copy(from: b.u32(L.srcIOASID), srcIOVA: src, length: length,
