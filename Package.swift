@@ -42,7 +42,13 @@ let package = Package(
                 swiftSettings: strict),
         // The interposer's C half: symbol interposition and the fd table. Linked only into
         // the preload library (it replaces open/ioctl/close for whoever links it).
-        .target(name: "CUIOMMUInterpose"),
+        .target(name: "CUIOMMUInterpose", dependencies: ["CUIOMMUWire"]),
+        // The client/server wire of `uiommufd serve` (message layouts, SCM_RIGHTS helpers),
+        // shared by the interposer's client mode and the server.
+        .target(name: "CUIOMMUWire"),
+        // `uiommufd serve`: iommufd contexts shared by client processes over a UNIX socket.
+        .target(name: "IOMMUServer", dependencies: ["CUIOMMUWire", "IOMMUABI", "IOMMUEngine", "IOMMUHardware", "ProcessMemory", "UIOMMUBase"],
+                swiftSettings: strict),
         // The interposer's Swift half: the entry points the C half calls.
         .target(name: "UIOMMUPreload", dependencies: ["CUIOMMUInterpose", "IOMMUABI", "IOMMUEngine", "ProcessMemory", "IOMMUHardware", "UIOMMUBase"],
                 swiftSettings: strict,
@@ -55,12 +61,13 @@ let package = Package(
                 swiftSettings: strict),
         // The CLI's command tree, as a library so tests can drive it end to end.
         .target(name: "UIOMMUCommands", dependencies: [
-            "IOMMUFD",
+            "IOMMUFD", "IOMMUServer",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: strict),
         .executableTarget(name: "uiommufd", dependencies: ["UIOMMUCommands"], swiftSettings: strict),
 
         .testTarget(name: "BaseTests", dependencies: ["UIOMMUBase", "ProcessMemory"]),
+        .testTarget(name: "ProcessMemoryTests", dependencies: ["UIOMMUBase", "ProcessMemory"]),
         .testTarget(name: "HardwareTests", dependencies: ["IOMMUHardware", "ProcessMemory", "UIOMMUBase"]),
         .testTarget(name: "EngineTests", dependencies: ["IOMMUEngine", "IOMMUHardware", "ProcessMemory", "UIOMMUBase"]),
         .testTarget(name: "IOMMUFDTests", dependencies: ["IOMMUFD"]),

@@ -10,4 +10,8 @@ here="$(cd "$(dirname "$0")" && pwd)"
 export PATH="/opt/swift/usr/bin:$PATH"
 cd "$here"
 swift build -c release --scratch-path ../.build-bench --product uiommufd-bench >&2
-exec ../.build-bench/release/uiommufd-bench --quick "$@"
+# B14 (server mode) runs when the root package's uiommufd is built (scripts/check builds it
+# first); a debug build, so only the plumbing is exercised here, not the speed.
+extra=()
+[[ -x ../.build/debug/uiommufd && -f ../.build/debug/libuiommufd-preload.so ]] && extra=(--uiommufd ../.build/debug/uiommufd)
+exec ../.build-bench/release/uiommufd-bench --quick "${extra[@]}" "$@"

@@ -221,7 +221,11 @@ static void finish_release(struct handle *h) {
     pthread_rwlock_wrlock(&gate);
     pthread_rwlock_unlock(&gate);
     gate_enter();
-    if (h->kind == HANDLE_IOMMUFD) {
+    if (h->kind == HANDLE_REMOTE) {
+        client_release(h->object);
+    } else if (h->kind == HANDLE_REMOTE_AUX) {
+        client_aux_release(h->object);
+    } else if (h->kind == HANDLE_IOMMUFD) {
         uiommu_core_release(h->object);
     } else if (h->kind == HANDLE_VFIO_DEVICE || h->kind == HANDLE_VFIO_GROUP) {
         vfio_release_object(h);

@@ -49,7 +49,11 @@ HIDDEN int real_faccessat(int dirfd, const char *path, int mode, int flags);
 HIDDEN int real_euidaccess(const char *path, int mode);
 
 /* ---- fdtable.c: handles, the fd table, the gate ------------------------------------------ */
-enum handle_kind { HANDLE_IOMMUFD = 1, HANDLE_AUX = 2, HANDLE_VFIO_DEVICE = 3, HANDLE_VFIO_GROUP = 4 };
+enum handle_kind {
+    HANDLE_IOMMUFD = 1, HANDLE_AUX = 2, HANDLE_VFIO_DEVICE = 3, HANDLE_VFIO_GROUP = 4,
+    /* Client mode (client.c): an iommufd served by `uiommufd serve`, and its auxiliary files. */
+    HANDLE_REMOTE = 5, HANDLE_REMOTE_AUX = 6,
+};
 
 struct handle {
     /* Descriptors referring to the handle (fd slots), plus transient references taken by
@@ -141,6 +145,20 @@ static inline int maybe_virtual(const char *path) {
 HIDDEN const char *sysfs_rewrite(const char *path, char *buffer, size_t size);
 /* The character device numbers of a virtual device node ("/dev/vfio/3"), or 0. */
 HIDDEN dev_t vnode_rdev(const char *path);
+
+/* ---- client.c: /dev/iommu served by `uiommufd serve` ------------------------------------- */
+/* Whether UIOMMUFD_SERVER names a server (read once). */
+HIDDEN int client_mode_enabled(void);
+/* open("/dev/iommu") in client mode: a connected socket, or -1 with errno. */
+HIDDEN int client_open(int flags);
+/* Adopts `fd` if it is a connection to our server we do not know yet (inherited across exec,
+ * received over SCM_RIGHTS). Returns 1 if it is now owned. */
+HIDDEN int client_adopt(int fd);
+HIDDEN int client_ioctl(struct handle *h, int fd, unsigned long request, unsigned long arg);
+/* read (op 0) or write (op 1) of an auxiliary file: bytes or -errno. */
+HIDDEN ssize_t client_aux_rw(struct handle *h, int fd, int op, void *buffer, size_t count);
+HIDDEN void client_release(void *object);
+HIDDEN void client_aux_release(void *object);
 
 /* ---- mmio.c: BAR mappings ------------------------------------------------------------------ */
 HIDDEN void *mmio_map(struct handle *h, void *addr, size_t length, int prot, int flags, off_t offset);

@@ -122,7 +122,10 @@ int open_iommufd_variant(int flags, int variant) {
     return fd;
 }
 
-static int open_iommufd(int flags) { return open_iommufd_variant(flags, 0); }
+static int open_iommufd(int flags) {
+    if (client_mode_enabled()) return client_open(flags);
+    return open_iommufd_variant(flags, 0);
+}
 
 /* open of a path that starts like a virtual one: /dev/iommu, /dev/vfio/..., the sysfs trees. */
 static int open_virtual(int dirfd, const char *path, int flags, mode_t mode) {
@@ -375,6 +378,14 @@ static int owned_ioctl(int fd, unsigned long request, unsigned long arg) {
         errno = saved;
         return r;
     }
+    if (h && h->kind == HANDLE_REMOTE
+        && (((request >> 8) & 0xff) == 0x3b || iommufd_slot_is_current(fd, h))) {
+        int r = client_ioctl(h, fd, request, arg);
+        gate_exit();
+        if (r < 0) return fail(-r);
+        errno = saved;
+        return r;
+    }
     if (!h || h->kind != HANDLE_IOMMUFD
         || (((request >> 8) & 0xff) != 0x3b && !iommufd_slot_is_current(fd, h))) {
         /* Closed meanwhile, an eventfd, or — for a request that is not iommufd's — a number
@@ -395,7 +406,11 @@ EXPORT int ioctl(int fd, unsigned long request, ...) {
     va_start(ap, request);
     unsigned long arg = va_arg(ap, unsigned long);
     va_end(ap);
-    if (LIKELY(!slot_get(fd))) return real_ioctl(fd, request, arg);
+    if (LIKELY(!slot_get(fd))) {
+        /* An iommufd command on a descriptor we do not know: in client mode it may be a
+         * connection to the server that this program inherited or received. */
+        if (LIKELY(((request >> 8) & 0xff) != 0x3b) || !client_adopt(fd)) return real_ioctl(fd, request, arg);
+    }
     return owned_ioctl(fd, request, arg);
 }
 
@@ -444,12 +459,12 @@ static ssize_t owned_rw(int fd, int op, int positioned, off_t position, const st
         errno = saved;
         return r;
     }
-    if (h->kind == HANDLE_IOMMUFD && !iommufd_slot_is_current(fd, h)) {
+    if ((h->kind == HANDLE_IOMMUFD || h->kind == HANDLE_REMOTE) && !iommufd_slot_is_current(fd, h)) {
         gate_exit();
         *handled = 0;
         return 0;
     }
-    if (h->kind == HANDLE_IOMMUFD) {
+    if (h->kind == HANDLE_IOMMUFD || h->kind == HANDLE_REMOTE) {
         /* vfs_read/vfs_write: EBADF without the access mode, EINVAL without a method. */
         int access = real_fcntl(fd, F_GETFL, NULL) & O_ACCMODE;
         r = (op == 0 && access == O_WRONLY) || (op == 1 && access == O_RDONLY) ? -EBADF : -EINVAL;
@@ -461,7 +476,8 @@ static ssize_t owned_rw(int fd, int op, int positioned, off_t position, const st
         r = 0;
         for (int i = 0; i < iovcnt; i++) {
             if (iov[i].iov_len == 0) continue;
-            ssize_t n = op == 0 ? aux_read(h, iov[i].iov_base, iov[i].iov_len)
+            ssize_t n = h->kind == HANDLE_REMOTE_AUX ? client_aux_rw(h, fd, op, iov[i].iov_base, iov[i].iov_len)
+                      : op == 0 ? aux_read(h, iov[i].iov_base, iov[i].iov_len)
                                 : aux_write(h, iov[i].iov_base, iov[i].iov_len);
             if (n < 0) { if (r == 0) r = n; break; }
             r += n;
@@ -591,6 +607,12 @@ static void *owned_mmap(void *addr, size_t length, int prot, int flags, int fd, 
         errno = ENODEV;
         return MAP_FAILED;
     }
+    if (h && h->kind == HANDLE_REMOTE && iommufd_slot_is_current(fd, h)) {
+        /* No mmap regions are served yet (the vIOMMU's is future work). */
+        gate_exit();
+        errno = ENODEV;
+        return MAP_FAILED;
+    }
     if (!h || h->kind != HANDLE_IOMMUFD || !iommufd_slot_is_current(fd, h)) {
         gate_exit();
         errno = saved;
@@ -652,7 +674,7 @@ static int empty_path(const char *path) { return path != NULL && path[0] == 0; }
 /* Whether `fd` is one of our memfd-backed files (an iommufd or a VFIO file); its st_rdev. */
 static inline int owns_iommufd(int fd) {
     struct handle *h = slot_get(fd);
-    return h != NULL && h->kind != HANDLE_AUX && iommufd_slot_is_current(fd, h);
+    return h != NULL && h->kind != HANDLE_AUX && h->kind != HANDLE_REMOTE_AUX && iommufd_slot_is_current(fd, h);
 }
 
 static inline dev_t owned_rdev(int fd) {

@@ -1,7 +1,7 @@
-// Handlers of the hardware-facing ioctls: HWPT_ALLOC (paging), GET_HW_INFO, dirty tracking
-// (hw_pagetable.c, device.c, io_pagetable.c), and the answers of the features the engine does
-// not model (nesting, fault queues, vIOMMU, vDEVICE, vEVENTQ, HW queues, change-process),
-// given as a kernel whose IOMMU drivers lack them would give them.
+// Handlers of the hardware-facing ioctls: HWPT_ALLOC (paging and nested), GET_HW_INFO, dirty
+// tracking, HWPT_INVALIDATE, FAULT_QUEUE_ALLOC (hw_pagetable.c, device.c, io_pagetable.c,
+// eventq.c), and the answers of the features the engine does not model (vIOMMU, vDEVICE,
+// vEVENTQ, HW queues), given as a kernel whose IOMMU drivers lack them would give them.
 
 import UIOMMUBase
 import IOMMUHardware
@@ -30,11 +30,16 @@ extension Handlers {
         if dataLen != 0, ioasLookupError(file, ptID) == nil {
             return call.fail(.EOPNOTSUPP, "a paging HWPT takes no driver data (data_type \(dataType))")
         }
-        // The engine checks in the kernel's order: flags (EOPNOTSUPP), a pt_id that is no object
-        // (EINVAL), and FAULT_ID_VALID's lookup (ENOENT: no FAULT object can exist yet).
+        // The engine checks in the kernel's order: the pt_id object (EINVAL if none), the
+        // allocation (flags and driver data: EOPNOTSUPP; a nested HWPT's parent: EINVAL; the
+        // data's copy: EINVAL/EFAULT), then FAULT_ID_VALID's fault_id (ENOENT).
+        let userData: HWPTUserData? = dataLen == 0 ? nil : HWPTUserData { () throws(IOMMUError) -> NestedDomainConfig in
+            try decodeNestedData(file, type: dataType, uptr: b.u64(L.dataUptr), length: dataLen)
+        }
         let hwptID: UInt32
         do throws(IOMMUError) {
-            hwptID = try file.context.allocHWPT(device: devID, ioas: ptID, flags: HWPTAllocFlags(rawValue: flags))
+            hwptID = try file.context.allocHWPT(device: devID, pt: ptID, flags: HWPTAllocFlags(rawValue: flags),
+                                                faultID: b.u32(L.faultID), userData: userData)
         } catch {
             return call.fail(error)
         }
@@ -44,6 +49,37 @@ extension Handlers {
             return call.fail(.EFAULT, "cannot write out_hwpt_id")
         }
         return 0
+    }
+
+    /// The driver data of a nested HWPT_ALLOC, as the mock driver reads it: its data type or
+    /// EOPNOTSUPP, then iommu_copy_struct_from_user (`decodeUserStruct`).
+    static func decodeNestedData(_ file: IOMMUFDFile, type: UInt32, uptr: UInt64,
+                                 length: UInt32) throws(IOMMUError) -> NestedDomainConfig {
+        guard type == IOMMUConstants.hwptDataSelftest else {
+            throw IOMMUError(.EOPNOTSUPP, "the driver has no nested data type 0x\(String(type, radix: 16))")
+        }
+        typealias D = ABI.HWPTSelftest
+        return try decodeUserStruct(file, uptr: uptr, length: length, minSize: D.minSize, size: D.size) { d in
+            .selftest(iotlb: d.u32(D.iotlb))
+        }
+    }
+
+    /// iommu_copy_struct_from_user for driver data of at most 16 bytes: a length below the
+    /// struct's first version (`minSize`) or above the driver's struct (`size`) is EINVAL; a
+    /// shorter one is zero-extended; unreadable data is EFAULT.
+    static func decodeUserStruct<R>(_ file: IOMMUFDFile, uptr: UInt64, length: UInt32, minSize: Int, size: Int,
+                                    _ decode: (StructBytes) -> R) throws(IOMMUError) -> R {
+        precondition(size <= 16)
+        guard Int(length) >= minSize, Int(length) <= size else {
+            throw IOMMUError(.EINVAL, "data length \(length) is outside \(minSize)...\(size)")
+        }
+        var storage: (UInt64, UInt64) = (0, 0)
+        return try withUnsafeMutableBytes(of: &storage) { (raw) throws(IOMMUError) -> R in
+            guard file.user.copyFromUser(raw.baseAddress!, uptr, Int(length)) else {
+                throw IOMMUError(.EFAULT, "data at 0x\(String(uptr, radix: 16)) is not readable")
+            }
+            return decode(StructBytes(raw.baseAddress!))
+        }
     }
 
     // MARK: IOMMU_GET_HW_INFO
@@ -251,38 +287,76 @@ extension Handlers {
         }
     }
 
-    // MARK: Features the engine does not model
+    // MARK: IOMMU_HWPT_INVALIDATE
 
-    /// IOMMU_HWPT_INVALIDATE: targets a nested HWPT or a vIOMMU, neither of which can exist
-    /// here, so an existing object is of the wrong type (EINVAL) and a missing one is ENOENT.
-    /// entry_num is written back (0 handled) whatever happens, as the kernel does.
+    /// IOMMU_HWPT_INVALIDATE: __reserved (EOPNOTSUPP), entries without data_uptr or entry_len
+    /// (EINVAL), then the object: a nested HWPT's driver handles the array (a vIOMMU cannot
+    /// exist here; anything else is EINVAL, nothing ENOENT). entry_num is written back — the
+    /// number of requests handled — whatever happens, as the kernel does. Each request is read
+    /// with iommu_copy_struct_from_user_array's rule: an entry_len below the driver struct's
+    /// first version or above the driver's struct is EINVAL, a shorter one is zero-extended.
     static let hwptInvalidate: IoctlHandler = { file, call in
         typealias L = ABI.HWPTInvalidate
         let b = call.bytes
-        var rc: Int64
+        var rc: Int64 = 0
+        var done: UInt32 = 0
+        let entryNum = b.u32(L.entryNum), entryLen = b.u32(L.entryLen), uptr = b.u64(L.dataUptr)
         if b.u32(L.reserved) != 0 {
             rc = call.fail(.EOPNOTSUPP, "__reserved is not zero")
-        } else if b.u32(L.entryNum) != 0 && (b.u64(L.dataUptr) == 0 || b.u32(L.entryLen) == 0) {
+        } else if entryNum != 0 && (uptr == 0 || entryLen == 0) {
             rc = call.fail(.EINVAL, "entries without data_uptr or entry_len")
         } else {
-            let id = b.u32(L.hwptID)
-            if file.context.objectKind(id) != nil {
-                rc = call.fail(.EINVAL, "object \(id) is neither a nested HWPT nor a vIOMMU")
-            } else {
-                rc = call.fail(.ENOENT, "no object \(id)")
+            let dataType = b.u32(L.dataType)
+            let type: NestedInvalidationType = dataType == IOMMUConstants.invalidateDataSelftest ? .selftest : .other(dataType)
+            let result = file.context.invalidateHWPT(b.u32(L.hwptID), type: type, count: entryNum) {
+                (index) throws(IOMMUError) -> NestedInvalidation in
+                typealias E = ABI.HWPTInvalidateSelftest
+                // uptr + entry_len * index: an address past the top is unreadable (EFAULT).
+                let (address, overflow) = uptr.addingReportingOverflow(UInt64(entryLen) * UInt64(index))
+                guard !overflow else { throw IOMMUError(.EFAULT, "request \(index) lies past the address space") }
+                return try decodeUserStruct(file, uptr: address, length: entryLen, minSize: E.minSize, size: E.size) { e in
+                    .selftest(flags: e.u32(E.flags), iotlbID: e.u32(E.iotlbID))
+                }
             }
+            done = result.done
+            if let error = result.error { rc = call.fail(error) }
         }
-        b.set32(L.entryNum, 0)
+        b.set32(L.entryNum, done)
         guard call.respond(file) else { return call.fail(.EFAULT, "cannot write entry_num back") }
         return rc
     }
 
-    /// IOMMU_FAULT_QUEUE_ALLOC: the engine has no FAULT object (no page-request delivery), so
-    /// past the flag check the answer is EOPNOTSUPP, never a fake fd.
+    // MARK: IOMMU_FAULT_QUEUE_ALLOC
+
+    /// IOMMU_FAULT_QUEUE_ALLOC: flags (EOPNOTSUPP), then a FAULT object and its descriptor
+    /// (FaultQueueFile); both go away again if the answer cannot be written back.
     static let faultQueueAlloc: IoctlHandler = { file, call in
-        let flags = call.bytes.u32(ABI.FaultAlloc.flags)
+        typealias L = ABI.FaultAlloc
+        let b = call.bytes
+        let flags = b.u32(L.flags)
         guard flags == 0 else { return call.fail(.EOPNOTSUPP, "unknown flags 0x\(String(flags, radix: 16))") }
-        return call.fail(.EOPNOTSUPP, "fault queues are not supported")
+        let endpoint: FaultQueueEndpoint
+        do throws(IOMMUError) {
+            endpoint = try file.context.allocFaultQueue()
+        } catch {
+            return call.fail(error)
+        }
+        let queueFile = FaultQueueFile(iommufd: file, endpoint: endpoint)
+        queueFile.retainContext()
+        let fd = file.broker.install(queueFile)
+        guard fd >= 0 else {
+            queueFile.abort()
+            queueFile.release()
+            return call.fail(LinuxErrno(rawValue: -fd), "no descriptor for the fault queue")
+        }
+        b.set32(L.outFaultID, endpoint.id)
+        b.set32(L.outFaultFD, UInt32(bitPattern: fd))
+        guard call.respond(file) else {
+            // The kernel never installs the descriptor; this one stays open but dead.
+            queueFile.abort()
+            return call.fail(.EFAULT, "cannot write out_fault_id / out_fault_fd")
+        }
+        return 0
     }
 
     /// IOMMU_VIOMMU_ALLOC: the kernel checks flags and type, looks the device up, then asks
@@ -312,7 +386,7 @@ extension Handlers {
     static let ioasChangeProcess: IoctlHandler = { file, call in
         guard call.bytes.u32(ABI.IOASChangeProcess.reserved) == 0 else { return call.fail(.EOPNOTSUPP, "__reserved is not zero") }
         do throws(IOMMUError) {
-            try file.context.changeProcess(to: file.context.memory.owner)
+            try file.context.changeProcess(to: file.callerMemory.owner)
         } catch {
             return call.fail(error)
         }

@@ -157,7 +157,7 @@ enum Handlers {
         do throws(IOMMUError) {
             placed = try file.context.map(ioas: b.u32(L.ioasID), userVA: b.u64(L.userVA), length: length,
                                           iova: flags & IOMMUConstants.mapFixedIOVA != 0 ? iova : nil,
-                                          permissions: permissions(flags))
+                                          permissions: permissions(flags), caller: file.callerMemory)
         } catch {
             return call.fail(error)
         }

@@ -18,6 +18,12 @@ public final class IOMMUFDFile: @unchecked Sendable {
     /// Installs auxiliary fds; resolves memfds for IOMMU_IOAS_MAP_FILE.
     public let broker: any FileDescriptorBroker
     public let options: ABIOptions
+    /// The address space of the process making the calls through this file object: user VAs
+    /// of IOAS_MAP and of the selftest's checks refer to it (the kernel's current->mm). The
+    /// context's own memory, except for views of a shared context (`init(sharing:…)`).
+    public let callerMemory: any PinnableMemory
+    /// The file that owns the context (self, or the file a view shares).
+    private let primary: IOMMUFDFile?
 
     /// Entries of the dispatch table in use: 0x80…0x94, plus the selftest hole and
     /// IOMMU_TEST_CMD (0xa0) when the selftest ops are served, as with CONFIG_IOMMUFD_TEST.
@@ -29,9 +35,27 @@ public final class IOMMUFDFile: @unchecked Sendable {
         self.user = user
         self.broker = broker
         self.options = options
+        self.callerMemory = memory
+        self.primary = nil
         self.tableCount = options.selftestOps ? IoctlTable.countWithSelftest : IoctlTable.countWithoutSelftest
         // IOMMU_TEST_OP_MD_CHECK_REFS reads per-page pin counts, which are kept only on demand.
         if options.selftestOps { platform.ledger.physicalPins.startTracking() }
+    }
+
+    /// A view of `file`'s context for another process that shares it (server mode: a forked
+    /// child, or a process that received the descriptor over SCM_RIGHTS): the same objects,
+    /// that process's memory and user-memory access. A view holds no reference of its own
+    /// (`retainUser`/`release` act on the shared file).
+    public init(sharing file: IOMMUFDFile, memory: any PinnableMemory, user: any UserMemoryAccess,
+                broker: any FileDescriptorBroker, options: ABIOptions) {
+        let owner = file.primary ?? file
+        self.context = owner.context
+        self.user = user
+        self.broker = broker
+        self.options = options
+        self.callerMemory = memory
+        self.primary = owner
+        self.tableCount = owner.tableCount
     }
 
     /// Holders of the file: its descriptors (one reference for all of them, dropped by the
@@ -42,7 +66,8 @@ public final class IOMMUFDFile: @unchecked Sendable {
 
     /// Takes a reference for a VFIO device or group; false if the file is already closed.
     public func retainUser() -> Bool {
-        usersLock.withLock {
+        if let primary { return primary.retainUser() }
+        return usersLock.withLock {
             guard users > 0 else { return false }
             users += 1
             return true
@@ -51,6 +76,7 @@ public final class IOMMUFDFile: @unchecked Sendable {
 
     /// Drops a reference; the last one destroys every object (iommufd_fops_release).
     public func release() {
+        if let primary { primary.release(); return }
         let last = usersLock.withLock { () -> Bool in
             users -= 1
             return users == 0

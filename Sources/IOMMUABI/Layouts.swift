@@ -157,6 +157,11 @@ public enum IOMMUConstants {
     public static let getDirtyBitmapFlags: [(UInt64, String)] = [(1, "NO_CLEAR")]
     public static let getDirtyBitmapNoClear: UInt32 = 1
 
+    public static let hwptDataSelftest: UInt32 = 0xdead
+    public static let invalidateDataSelftest: UInt32 = 0xdead_beef
+    public static let pgfaultFlags: [(UInt64, String)] = [(1, "PASID_VALID"), (2, "LAST_PAGE")]
+    public static let pgfaultPerms: [(UInt64, String)] = [(1, "READ"), (2, "WRITE"), (4, "EXEC"), (8, "PRIV")]
+    public static let pageResponseCodes: [(UInt64, String)] = [(0, "SUCCESS"), (1, "INVALID")]
     public static let invalidateDataTypes: [(UInt64, String)] = [(0, "VTD_S1"), (1, "ARM_SMMUV3"), (0xdead_beef, "SELFTEST")]
     public static let viommuTypes: [(UInt64, String)] = [(0, "DEFAULT"), (1, "ARM_SMMUV3"), (2, "TEGRA241_CMDQV"), (0xdead_beef, "SELFTEST")]
     public static let veventqTypes: [(UInt64, String)] = [(0, "DEFAULT"), (1, "ARM_SMMUV3"), (2, "TEGRA241_CMDQV"), (0xbeef_beef, "SELFTEST")]
@@ -355,6 +360,28 @@ public enum ABI {
         ])
     }
 
+    /// struct iommu_hwpt_pgfault: one page request as read(2) returns it from a fault queue fd.
+    public enum HWPTPgFault {
+        public static let size = 40
+        public static let flags = 0, devID = 4, pasid = 8, grpid = 12, perm = 16, reserved = 20
+        public static let addr = 24, length = 32, cookie = 36
+        public static let layout = ABIStructLayout("iommu_hwpt_pgfault", size: size, [
+            .u32("flags", flags, .output, .flags(IOMMUConstants.pgfaultFlags)), .u32("dev_id", devID, .output),
+            .u32("pasid", pasid, .output), .u32("grpid", grpid, .output),
+            .u32("perm", perm, .output, .flags(IOMMUConstants.pgfaultPerms)), .u32("__reserved", reserved, .reserved, .hex),
+            .u64("addr", addr, .output), .u32("length", length, .output), .u32("cookie", cookie, .output),
+        ])
+    }
+
+    /// struct iommu_hwpt_page_response: one response as write(2) takes it on a fault queue fd.
+    public enum HWPTPageResponse {
+        public static let size = 8
+        public static let cookie = 0, code = 4
+        public static let layout = ABIStructLayout("iommu_hwpt_page_response", size: size, [
+            .u32("cookie", cookie, .input), .u32("code", code, .input, .enumeration(IOMMUConstants.pageResponseCodes)),
+        ])
+    }
+
     /// struct iommu_viommu_alloc (data_len / data_uptr since 6.17).
     public enum VIOMMUAlloc {
         public static let size = 40, minSize = 24
@@ -450,6 +477,26 @@ public enum ABI {
     }
 
     // MARK: IOMMU_TEST_CMD (drivers/iommu/iommufd/iommufd_test.h)
+
+    /// struct iommu_hwpt_selftest: the mock's nested-domain data (IOMMU_HWPT_DATA_SELFTEST).
+    /// The first (minimum) version ends with `iotlb`.
+    public enum HWPTSelftest {
+        public static let size = 4, minSize = 4
+        public static let iotlb = 0
+        public static let layout = ABIStructLayout("iommu_hwpt_selftest", size: size, [
+            .u32("iotlb", iotlb, .input, .hex),
+        ])
+    }
+
+    /// struct iommu_hwpt_invalidate_selftest: one request of the mock's HWPT_INVALIDATE array
+    /// (IOMMU_HWPT_INVALIDATE_DATA_SELFTEST). The first (minimum) version ends with `iotlb_id`.
+    public enum HWPTInvalidateSelftest {
+        public static let size = 8, minSize = 8
+        public static let flags = 0, iotlbID = 4
+        public static let layout = ABIStructLayout("iommu_hwpt_invalidate_selftest", size: size, [
+            .u32("flags", flags, .input, .flags([(1, "ALL")])), .u32("iotlb_id", iotlbID, .input),
+        ])
+    }
 
     /// struct iommu_test_cmd: a header, a 48-byte union at 16 (its largest member is `dirty`:
     /// a u32 then five 8-aligned u64s), and `last` at 64; sizeof is 72 (padded to 8), and the

@@ -9,10 +9,11 @@
 // Each op works on the engine's real machinery: mock devices are devices of the mock IOMMU
 // (IOMMUFDContext.createMockDevice), their domains are real mock-format page tables, pin
 // counts are the host-wide per-page counts (PinLedger.physicalPins), accesses are engine
-// ACCESS objects behind an auxiliary descriptor (SelftestAccess.swift). Ops whose engine
-// feature does not exist answer as a kernel without it: MD_CHECK_IOTLB finds no nested HWPT
-// (ENOENT), TRIGGER_VEVENT finds no vDEVICE (ENOENT), a triggered IOPF finds no fault-capable
-// domain and is dropped (0), and the PASID ops are unknown (EOPNOTSUPP).
+// ACCESS objects behind an auxiliary descriptor (SelftestAccess.swift), nested HWPTs carry the
+// mock's nested domain (MD_CHECK_IOTLB reads its IOTLB), TRIGGER_IOPF raises a page request
+// that lands in a FAULT object's queue. Ops whose engine feature does not exist answer as a
+// kernel without it: TRIGGER_VEVENT finds no vDEVICE (ENOENT), and the PASID ops are unknown
+// (EOPNOTSUPP).
 
 import UIOMMUBase
 import IOMMUEngine
@@ -147,9 +148,7 @@ struct SelftestOps {
             let access = try accessFile(id)
             try access.context.accessReplaceIOAS(access.accessID, ioas: cmd.u32(ABI.TestCmd.AccessReplaceIOAS.ioasID))
         case .dirty: try dirty()
-        case .mdCheckIOTLB:
-            // get_md_pagetable_nested: looks `id` up as a HWPT_NESTED, which cannot exist here.
-            throw IOMMUError(.ENOENT, "no nested HWPT \(id)")
+        case .mdCheckIOTLB: try checkIOTLB()
         case .triggerIOPF: try triggerIOPF()
         case .devCheckCache: try devCheckCache()
         case .triggerVEvent:
@@ -209,7 +208,7 @@ struct SelftestOps {
               !iova.addingReportingOverflow(length).overflow else {
             throw IOMMUError(.EINVAL, "iova, length and uptr must be \(io)-aligned")
         }
-        let memory = context.memory
+        let memory = file.callerMemory
         try context.withMockDomain(hwpt: id) { (domain) throws(IOMMUError) in
             guard length > 0 else { return }
             let user = try UserPages(memory, va: uptr, length: length)
@@ -238,7 +237,7 @@ struct SelftestOps {
             throw IOMMUError(.EINVAL, "uptr and length must be page aligned")
         }
         guard length > 0 else { return }
-        let user = try UserPages(context.memory, va: uptr, length: length)
+        let user = try UserPages(file.callerMemory, va: uptr, length: length)
         let counter = context.platform.ledger.physicalPins
         if user.complete {
             for run in user.runs where run.backingPageSize <= hostPageSize {
@@ -294,12 +293,27 @@ struct SelftestOps {
 
     // MARK: Devices
 
-    /// TRIGGER_IOPF: a page request from mock device dev_id. No HWPT here takes faults (there
-    /// are no FAULT objects), so, as iommu_report_device_fault does without a fault-capable
-    /// domain, the request is dropped; the op itself succeeds, as the kernel's does.
+    /// TRIGGER_IOPF: a page request (LAST_PAGE, with a PASID unless pasid is 0) from DEVICE
+    /// dev_id (ENOENT if there is none). It lands in the fault queue of the HWPT handling it;
+    /// if none does, the core answers it INVALID and drops it, and the op still succeeds, as
+    /// the kernel's does.
     func triggerIOPF() throws(IOMMUError) {
-        let device = cmd.u32(ABI.TestCmd.TriggerIOPF.devID)
-        guard try context.isMockDevice(device) else { throw IOMMUError(.EINVAL, "device \(device) is not a mock device") }
+        typealias L = ABI.TestCmd.TriggerIOPF
+        let pasid = cmd.u32(L.pasid)
+        let request = PageRequest(pasid: pasid == 0 ? nil : pasid, groupID: cmd.u32(L.grpid),
+                                  permissions: cmd.u32(L.perm), address: cmd.u64(L.addr), lastPage: true)
+        try context.reportPageRequest(device: cmd.u32(L.devID), request)
+    }
+
+    /// MD_CHECK_IOTLB: the mock IOTLB entry check_iotlb.id of nested HWPT `id` holds
+    /// check_iotlb.iotlb (ENOENT if `id` is not a nested HWPT; EINVAL for a bad entry or value).
+    func checkIOTLB() throws(IOMMUError) {
+        typealias L = ABI.TestCmd.CheckIOTLB
+        let iotlb = try context.mockNestedIOTLB(hwpt: id)
+        let entry = cmd.u32(L.id), value = cmd.u32(L.iotlb)
+        guard entry <= MockNestedDomain.iotlbIDMax, iotlb[Int(entry)] == value else {
+            throw IOMMUError(.EINVAL, "iotlb[\(entry)] is not 0x\(String(value, radix: 16))")
+        }
     }
 
     /// DEV_CHECK_CACHE: mock device cache entry `id` holds `cache` (entries keep their default
@@ -376,7 +390,7 @@ struct SelftestOps {
     private func checkPinnedPages(_ runs: [PhysicalRun], uptr: UInt64) throws(IOMMUError) {
         let total = runs.reduce(UInt64(0)) { $0 + $1.length }
         guard total > 0 else { return }
-        let user = try UserPages(context.memory, va: uptr, length: total)
+        let user = try UserPages(file.callerMemory, va: uptr, length: total)
         var offset: UInt64 = 0
         for run in runs {
             var k: UInt64 = 0

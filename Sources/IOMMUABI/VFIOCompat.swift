@@ -219,7 +219,7 @@ extension IOMMUFDFile {
             if flags & L.flagWrite != 0 { permissions.insert(.write) }
             do throws(IOMMUError) {
                 _ = try context.map(ioas: ioas, userVA: m.u64(L.vaddr), length: m.u64(L.length), iova: m.u64(L.iova),
-                                    permissions: permissions)
+                                    permissions: permissions, caller: callerMemory)
             } catch {
                 return Self.errno(error, trace)
             }

@@ -128,6 +128,10 @@ public final class IOMMUFDContext: @unchecked Sendable {
                     access.heldByDriver = false
                     access.holders -= 1
                 }
+                if let fault = object as? FaultQueue, fault.heldByFile {
+                    fault.heldByFile = false
+                    fault.holders -= 1
+                }
             }
             // Leaves first: repeatedly remove everything nothing holds.
             while !table.isEmpty {

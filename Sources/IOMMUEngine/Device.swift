@@ -18,7 +18,11 @@ final class BoundDevice: EngineObject {
     let device: PlatformDevice
     /// The binding driver holds the object until unbind, so DESTROY gives EBUSY.
     var boundByDriver = true
-    var hwpt: HWPTPaging?
+    var hwpt: HWPT?
+    /// Page requests received before the last one of their group (the kernel's iopf partial
+    /// list), at most `maxPartialPageRequests`.
+    var partialPageRequests: [PageRequest] = []
+    static let maxPartialPageRequests = 256
 
     init(device: PlatformDevice) {
         self.device = device
@@ -79,21 +83,22 @@ extension IOMMUFDContext {
         }
     }
 
-    /// Attaches a device to an IOAS (automatic domain) or a paging HWPT, replacing the current
-    /// attachment atomically if there is one. Returns the HWPT ID now in use.
+    /// Attaches a device to an IOAS (automatic domain), a paging HWPT or a nested HWPT,
+    /// replacing the current attachment atomically if there is one. Returns the HWPT ID now in
+    /// use.
     public func attach(device deviceID: UInt32, to ptID: UInt32) throws(IOMMUError) -> UInt32 {
         do throws(IOMMUError) {
             return try lock.withLock { () throws(IOMMUError) -> UInt32 in
                 try checkOpen()
                 let device = try self.device(deviceID)
                 guard let object = table.get(ptID) else { throw IOMMUError(.ENOENT, "no object \(ptID)") }
-                let hwpt: HWPTPaging
+                let hwpt: HWPT
                 switch object {
                 case let ioas as IOAS:
                     hwpt = try autoDomain(for: device, ioas: ioas)
-                case let paging as HWPTPaging:
-                    try change(device, to: paging)
-                    hwpt = paging
+                case let existing as HWPT:
+                    try change(device, to: existing)
+                    hwpt = existing
                 default:
                     throw IOMMUError(.EINVAL, "\(object.kind) \(ptID) cannot be attached to")
                 }
@@ -144,8 +149,17 @@ extension IOMMUFDContext {
     }
 
     /// EINVAL unless `device` can use `hwpt`'s domain.
-    private func checkCompatible(_ device: BoundDevice, _ hwpt: HWPTPaging) throws(IOMMUError) {
-        if let error = hwpt.domain.attachError(to: device.unit.spec) { throw error }
+    private func checkCompatible(_ device: BoundDevice, _ hwpt: HWPT) throws(IOMMUError) {
+        if let nested = hwpt as? HWPTNested {
+            // The driver's own nested domain, over a parent its IOMMU can walk.
+            guard nested.domain.kind == device.unit.spec.kind else {
+                throw IOMMUError(.EINVAL, "nested HWPT \(hwpt.id) belongs to another IOMMU driver")
+            }
+            if let error = nested.parent.domain.attachError(to: device.unit.spec) { throw error }
+            return
+        }
+        guard let paging = hwpt as? HWPTPaging else { throw IOMMUError(.EINVAL, "HWPT \(hwpt.id) cannot be attached to") }
+        if let error = paging.domain.attachError(to: device.unit.spec) { throw error }
         if hwpt.flags.contains(.dirtyTracking) && !device.device.dirtyCapable {
             throw IOMMUError(.EINVAL, "\(device.device.spec.name) cannot track dirty pages")
         }
@@ -174,8 +188,10 @@ extension IOMMUFDContext {
     }
 
     /// Attaches (or replaces) `device` to `hwpt`. All or nothing. `reservedAlready`: the
-    /// device's regions were reserved in the new IOAS by the caller.
-    func change(_ device: BoundDevice, to hwpt: HWPTPaging, reservedAlready: Bool = false) throws(IOMMUError) {
+    /// device's regions were reserved in the new IOAS by the caller. Reserved regions apply to
+    /// paging HWPTs only (a nested HWPT's IOVAs are the user's stage-1 addresses). Leaving a
+    /// HWPT with a fault queue answers the device's pending page requests there (INVALID).
+    func change(_ device: BoundDevice, to hwpt: HWPT, reservedAlready: Bool = false) throws(IOMMUError) {
         if device.hwpt === hwpt { return }
         let peers = attachedGroupPeers(of: device)
         if device.hwpt == nil, let peer = peers.first, peer.hwpt !== hwpt {
@@ -187,24 +203,27 @@ extension IOMMUFDContext {
         let moving = device.hwpt == nil ? [device] : [device] + peers
         // Reserve in the new IOAS first, so a collision leaves everything as it was.
         var reserved: [BoundDevice] = []
-        for d in moving where d.hwpt?.ioas !== hwpt.ioas && !(reservedAlready && d === device) {
-            do throws(IOMMUError) {
-                try reserveRegions(of: d, in: hwpt.ioas.iopt)
-            } catch {
-                for r in reserved { hwpt.ioas.iopt.removeReservations(owner: .device(ObjectIdentifier(r))) }
-                throw error
+        if let newIOAS = hwpt.reservingIOAS {
+            for d in moving where d.hwpt?.reservingIOAS !== newIOAS && !(reservedAlready && d === device) {
+                do throws(IOMMUError) {
+                    try reserveRegions(of: d, in: newIOAS.iopt)
+                } catch {
+                    for r in reserved { newIOAS.iopt.removeReservations(owner: .device(ObjectIdentifier(r))) }
+                    throw error
+                }
+                reserved.append(d)
             }
-            reserved.append(d)
         }
         // Nothing can fail from here on: switch the hardware, then the bookkeeping.
-        programGroup(device, domain: hwpt.domain)
-        var previous: [HWPTPaging] = []
+        programGroup(device, domain: hwpt.contextDomain)
+        var previous: [HWPT] = []
         for d in moving {
             if let old = d.hwpt {
                 old.holders -= 1
-                if old.ioas !== hwpt.ioas {
-                    old.ioas.iopt.removeReservations(owner: .device(ObjectIdentifier(d)))
+                if let oldIOAS = old.reservingIOAS, oldIOAS !== hwpt.reservingIOAS {
+                    oldIOAS.iopt.removeReservations(owner: .device(ObjectIdentifier(d)))
                 }
+                old.fault?.dropGroups { $0.device === d && $0.hwpt === old }
                 if !previous.contains(where: { $0 === old }) { previous.append(old) }
             }
             d.hwpt = hwpt
@@ -217,13 +236,15 @@ extension IOMMUFDContext {
         guard let hwpt = device.hwpt else { return }
         device.hwpt = nil
         hwpt.holders -= 1
-        hwpt.ioas.iopt.removeReservations(owner: .device(ObjectIdentifier(device)))
+        hwpt.reservingIOAS?.iopt.removeReservations(owner: .device(ObjectIdentifier(device)))
+        hwpt.fault?.dropGroups { $0.device === device && $0.hwpt === hwpt }
         if attachedGroupPeers(of: device).isEmpty { programGroup(device, domain: nil) }
         destroyIfUnusedAuto(hwpt)
     }
 
-    private func destroyIfUnusedAuto(_ hwpt: HWPTPaging) {
-        if hwpt.autoDomain && hwpt.holders == 0 && table.get(hwpt.id) === hwpt { remove(hwpt) }
+    private func destroyIfUnusedAuto(_ hwpt: HWPT) {
+        guard let paging = hwpt as? HWPTPaging else { return }
+        if paging.autoDomain && paging.holders == 0 && table.get(paging.id) === paging { remove(paging) }
     }
 
     /// iommufd_device_auto_get_domain: reuse a compatible automatic domain of `ioas`, or make one.
@@ -238,7 +259,7 @@ extension IOMMUFDContext {
         }
         // As Linux does for an automatic domain: reserve the device's regions first (so a
         // collision reports EADDRINUSE before any page is pinned), then build and fill it.
-        let reserving = device.hwpt?.ioas !== ioas
+        let reserving = device.hwpt?.reservingIOAS !== ioas
         if reserving { try reserveRegions(of: device, in: ioas.iopt) }
         let hwpt: HWPTPaging
         do throws(IOMMUError) {

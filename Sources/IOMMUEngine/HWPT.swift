@@ -18,23 +18,55 @@ public struct HWPTAllocFlags: OptionSet, Hashable, Sendable {
     public static let pasid = HWPTAllocFlags(rawValue: 1 << 3)
 }
 
-final class HWPTPaging: EngineObject {
+/// What HWPT_PAGING and HWPT_NESTED share (the kernel's iommufd_hw_pagetable): devices attach
+/// to either, and either may deliver its page requests to a FAULT object it holds.
+class HWPT: EngineObject {
+    let flags: HWPTAllocFlags
+    /// The fault queue page requests through this HWPT go to (IOMMU_HWPT_FAULT_ID_VALID).
+    var fault: FaultQueue?
+
+    init(kind: ObjectKind, flags: HWPTAllocFlags) {
+        self.flags = flags
+        super.init(kind: kind)
+    }
+
+    /// The IOAS whose reserved regions an attached device must respect: a paging HWPT's own;
+    /// none for a nested HWPT (its IOVAs are the user's stage-1 addresses).
+    var reservingIOAS: IOAS? { nil }
+
+    /// The domain a device attached to this HWPT translates through, as the hardware context
+    /// entry holds it (nil: DMA blocked).
+    var contextDomain: IOMMUDomain? { nil }
+
+    /// Drops the fault queue, answering its pending requests of this HWPT (as destroy does).
+    func releaseFault() {
+        guard let fault else { return }
+        fault.dropGroups { $0.hwpt === self }
+        fault.holders -= 1
+        self.fault = nil
+    }
+}
+
+final class HWPTPaging: HWPT {
     let ioas: IOAS
     let domain: IOMMUDomain
-    let flags: HWPTAllocFlags
     /// Created by an attach to an IOAS; destroyed when its last device detaches.
     let autoDomain: Bool
     /// Devices (groups) attached through this HWPT.
     var attachedGroups = 0
 
     init(ioas: IOAS, domain: IOMMUDomain, flags: HWPTAllocFlags, autoDomain: Bool) {
-        self.ioas = ioas; self.domain = domain; self.flags = flags; self.autoDomain = autoDomain
-        super.init(kind: .hwptPaging)
+        self.ioas = ioas; self.domain = domain; self.autoDomain = autoDomain
+        super.init(kind: .hwptPaging, flags: flags)
     }
+
+    override var reservingIOAS: IOAS? { ioas }
+    override var contextDomain: IOMMUDomain? { domain }
 
     override func teardown(_ context: IOMMUFDContext) {
         ioas.iopt.removeDomain(self)
         ioas.holders -= 1
+        releaseFault()
     }
 
     override var summary: String {
@@ -87,10 +119,6 @@ extension IOMMUFDContext {
         if flags.contains(.faultIDValid) && !unit.kind.pagingDomainsTakeFaults {
             throw IOMMUError(.EOPNOTSUPP, "\(unit.name)'s paging domains take no fault queue")
         }
-        if flags.contains(.faultIDValid) {
-            // No FAULT object can exist yet, so the fault_id lookup fails as in Linux.
-            throw IOMMUError(.ENOENT, "no fault queue with that ID")
-        }
         try failures.check("domain.alloc")
         let domain = try IOMMUDomain(
             unit: unit,
@@ -108,23 +136,43 @@ extension IOMMUFDContext {
     /// IOMMU_HWPT_ALLOC of a paging HWPT on `ioas` for `device`'s IOMMU.
     public func allocHWPT(device deviceID: UInt32, ioas ioasID: UInt32,
                           flags: HWPTAllocFlags = []) throws(IOMMUError) -> UInt32 {
+        try allocHWPT(device: deviceID, pt: ioasID, flags: flags)
+    }
+
+    /// IOMMU_HWPT_ALLOC: a paging HWPT when `ptID` is an IOAS (no user data), a nested HWPT
+    /// when it is a nesting-parent paging HWPT (`userData` is the driver's data, decoded when
+    /// the driver reads it). With `.faultIDValid` the HWPT delivers page requests to FAULT
+    /// `faultID`. Errors in the kernel's order: the device (ENOENT), a `ptID` that is no object
+    /// (EINVAL), the allocation (flags and data: EOPNOTSUPP; parent: EINVAL), then `faultID`
+    /// (ENOENT).
+    public func allocHWPT(device deviceID: UInt32, pt ptID: UInt32, flags: HWPTAllocFlags,
+                          faultID: UInt32 = 0, userData: HWPTUserData? = nil) throws(IOMMUError) -> UInt32 {
         do throws(IOMMUError) {
             return try lock.withLock { () throws(IOMMUError) -> UInt32 in
                 try checkOpen()
                 let device = try self.device(deviceID)
-                guard let object = table.get(ioasID) else { throw IOMMUError(.EINVAL, "no object \(ioasID)") }
-                guard let ioas = object as? IOAS else {
-                    if object is HWPTPaging {
-                        throw IOMMUError(.EOPNOTSUPP, "nested HWPTs are not supported")
+                guard let object = table.get(ptID) else { throw IOMMUError(.EINVAL, "no object \(ptID)") }
+                let hwpt: HWPT
+                switch object {
+                case let ioas as IOAS:
+                    if userData != nil {
+                        throw IOMMUError(.EOPNOTSUPP, "a paging HWPT takes no driver data")
                     }
-                    throw IOMMUError(.EINVAL, "pt_id \(ioasID) is not an IOAS")
+                    hwpt = try makeHWPTPaging(for: device, ioas: ioas, flags: flags, autoDomain: false)
+                case let parent as HWPTPaging:
+                    hwpt = try makeHWPTNested(for: device, parent: parent, flags: flags, userData: userData)
+                default:
+                    throw IOMMUError(.EINVAL, "pt_id \(ptID) is neither an IOAS nor a paging HWPT")
                 }
-                let hwpt = try makeHWPTPaging(for: device, ioas: ioas, flags: flags, autoDomain: false)
                 do throws(IOMMUError) {
+                    if flags.contains(.faultIDValid) {
+                        let fault = try lookup(faultID, as: FaultQueue.self, "fault queue")
+                        hwpt.fault = fault
+                        fault.holders += 1
+                    }
                     return try install(hwpt)
                 } catch {
-                    ioas.iopt.removeDomain(hwpt)
-                    ioas.holders -= 1
+                    hwpt.teardown(self)
                     throw error
                 }
             }

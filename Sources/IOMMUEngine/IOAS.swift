@@ -50,9 +50,16 @@ extension IOMMUFDContext {
 
     /// IOMMU_IOAS_MAP: maps `length` bytes of the caller's memory at `userVA`. With `iova` the
     /// mapping is placed there (FIXED_IOVA); without, an IOVA is chosen. Returns the IOVA.
+    /// `caller` is the address space of the process making the call (the kernel's current->mm)
+    /// when several processes share the context (server mode); nil means the context's own.
     public func map(ioas ioasID: UInt32, userVA: UInt64, length: UInt64, iova: UInt64? = nil,
                     permissions: MapPermissions) throws(IOMMUError) -> UInt64 {
-        try mapMemory(ioasID, memory: memory, offset: userVA, length: length, iova: iova,
+        try map(ioas: ioasID, userVA: userVA, length: length, iova: iova, permissions: permissions, caller: memory)
+    }
+
+    public func map(ioas ioasID: UInt32, userVA: UInt64, length: UInt64, iova: UInt64? = nil,
+                    permissions: MapPermissions, caller: any PinnableMemory) throws(IOMMUError) -> UInt64 {
+        try mapMemory(ioasID, memory: caller, offset: userVA, length: length, iova: iova,
                       permissions: permissions, isFile: false)
     }
 

@@ -2,8 +2,10 @@
 //
 // IDs are the lowest free integer from 1 (the kernel's xarray with XA_FLAGS_ALLOC1), so an ID
 // is reused after destroy. Each object counts its long-term holders — other objects or drivers
-// that keep it alive (an HWPT holds its IOAS, an attached device holds its HWPT, the binding
-// driver holds the DEVICE). DESTROY works on any kind and gives EBUSY while holders remain.
+// that keep it alive (an HWPT holds its IOAS, a nested HWPT its parent HWPT, a HWPT allocated
+// with IOMMU_HWPT_FAULT_ID_VALID its FAULT, an attached device holds its HWPT, the binding
+// driver holds the DEVICE, a fault queue's descriptor its FAULT). DESTROY works on any kind and
+// gives EBUSY while holders remain.
 
 public import UIOMMUBase
 

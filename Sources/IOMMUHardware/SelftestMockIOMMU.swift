@@ -24,3 +24,70 @@ public extension IOMMUKind {
     /// NEST_PARENT, DIRTY_TRACKING and PASID, with EOPNOTSUPP.
     var pagingDomainsTakeFaults: Bool { self != .selftestMock }
 }
+
+/// The selftest mock's nested domain (mock_iommu_domain_nested): no stage-1 table, an IOTLB of
+/// `iotlbCount` values set from IOMMU_HWPT_DATA_SELFTEST and cleared (to 0) by invalidation.
+public final class MockNestedDomain: NestedDomain, @unchecked Sendable {
+    /// MOCK_NESTED_DOMAIN_IOTLB_NUM and _ID_MAX.
+    public static let iotlbCount = 4
+    public static let iotlbIDMax: UInt32 = 3
+    /// IOMMU_TEST_INVALIDATE_FLAG_ALL.
+    public static let invalidateAll: UInt32 = 1 << 0
+
+    private let lock = Lock()
+    private var entries: [UInt32]
+
+    init(parent: IOMMUDomain, otherFlags: Bool, config: () throws(IOMMUError) -> NestedDomainConfig) throws(IOMMUError) {
+        // The mock driver takes only IOMMU_HWPT_ALLOC_PASID, and a paging parent of its own.
+        if otherFlags { throw IOMMUError(.EOPNOTSUPP, "the mock nested domain takes no such flags") }
+        guard parent.kind == .selftestMock else { throw IOMMUError(.EINVAL, "the parent is not a mock domain") }
+        switch try config() {
+        case .selftest(let iotlb):
+            entries = Array(repeating: iotlb, count: Self.iotlbCount)
+        }
+        super.init(kind: .selftestMock, parent: parent)
+    }
+
+    /// The IOTLB values, entry 0 first.
+    public var iotlb: [UInt32] { lock.withLock { entries } }
+
+    override public func invalidate(type: NestedInvalidationType, count: UInt32,
+                                    entry: (UInt32) throws(IOMMUError) -> NestedInvalidation) -> (done: UInt32, error: IOMMUError?)? {
+        guard type == .selftest else {
+            return (0, IOMMUError(.EINVAL, "invalidation data type is not IOMMU_HWPT_INVALIDATE_DATA_SELFTEST"))
+        }
+        var done: UInt32 = 0
+        while done < count {
+            let request: NestedInvalidation
+            do throws(IOMMUError) {
+                request = try entry(done)
+            } catch {
+                return (done, error)
+            }
+            switch request {
+            case .selftest(let flags, let id):
+                if flags & ~Self.invalidateAll != 0 {
+                    return (done, IOMMUError(.EOPNOTSUPP, "request \(done): unknown flags 0x\(String(flags, radix: 16))"))
+                }
+                if id > Self.iotlbIDMax {
+                    return (done, IOMMUError(.EINVAL, "request \(done): iotlb_id \(id) > \(Self.iotlbIDMax)"))
+                }
+                lock.withLock {
+                    if flags & Self.invalidateAll != 0 {
+                        for k in entries.indices { entries[k] = 0 }
+                    } else {
+                        entries[Int(id)] = 0
+                    }
+                }
+            }
+            done += 1
+        }
+        return (done, nil)
+    }
+}
+
+public extension IOMMUKind {
+    /// The driver lets user space own the PASID table (ops->user_pasid_table): a page request
+    /// with a PASID no PASID attachment claims goes to the nested domain of the RID.
+    var userPASIDTable: Bool { self == .selftestMock || self == .armSMMUv3 }
+}

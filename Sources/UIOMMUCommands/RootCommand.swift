@@ -10,7 +10,7 @@ public struct RootCommand: ParsableCommand {
         Runs IOMMU-using programs with no IOMMU hardware: a simulated machine (IOMMU units, \
         PCI topology, groups, devices that do DMA) and the iommufd object model as Linux has it.
         """,
-        subcommands: [DemoCommand.self, PlatformCommand.self, RunCommand.self],
+        subcommands: [DemoCommand.self, PlatformCommand.self, RunCommand.self, ServeCommand.self],
         defaultSubcommand: nil)
 
     public init() {}

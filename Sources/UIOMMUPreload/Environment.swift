@@ -11,6 +11,10 @@ struct Environment {
     var tracePath: String?
     var leaks: Bool
     var safeUserAccess: Bool
+    /// UIOMMUFD_GRANT_CAP=ipc_lock,sys_resource: capabilities the simulated kernel treats the
+    /// program as holding although the process lacks them (CI containers drop them).
+    var grantIPCLock: Bool
+    var grantSysResource: Bool
 
     init() {
         func value(_ name: String) -> String? {
@@ -27,6 +31,9 @@ struct Environment {
         tracePath = value("UIOMMUFD_TRACE")
         leaks = flag("UIOMMUFD_LEAKS")
         safeUserAccess = value("UIOMMUFD_UACCESS") == "safe"
+        let granted = (value("UIOMMUFD_GRANT_CAP") ?? "").split(separator: ",").map { $0.lowercased() }
+        grantIPCLock = granted.contains("ipc_lock") || granted.contains("cap_ipc_lock")
+        grantSysResource = granted.contains("sys_resource") || granted.contains("cap_sys_resource")
     }
 
     /// Where trace lines go: a write(2) per line to stderr or to a file opened for appending.

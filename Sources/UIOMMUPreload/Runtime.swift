@@ -8,6 +8,9 @@
 //   UIOMMUFD_LEAKS=1         at exit, report every object still alive and the pinned pages
 //   UIOMMUFD_UACCESS=safe    reach user memory with process_vm_readv/writev instead of the
 //                            SIGSEGV guard (for programs that own SIGSEGV)
+//   UIOMMUFD_GRANT_CAP=ipc_lock,sys_resource   capabilities the simulated kernel grants
+//   UIOMMUFD_SERVER=PATH     client mode: /dev/iommu is served by `uiommufd serve` at PATH
+//                            (handled entirely by the C half, Sources/CUIOMMUInterpose/client.c)
 //
 // Fork: all of this lives in the process's memory, so a child gets a copy of it. A child that
 // uses an inherited iommufd works on its own copy of the objects; the parent is unaffected, and
@@ -100,7 +103,8 @@ final class PreloadRuntime: @unchecked Sendable {
     static func capabilities() -> (ipcLock: Bool, sysResource: Bool) {
         var ipc: Int32 = 0, resource: Int32 = 0
         uiommu_capabilities(&ipc, &resource)
-        return (ipc != 0, resource != 0)
+        let env = Environment()
+        return (ipc != 0 || env.grantIPCLock, resource != 0 || env.grantSysResource)
     }
 
     // MARK: Open files

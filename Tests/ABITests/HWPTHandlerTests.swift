@@ -26,14 +26,14 @@ struct HWPTHandlerTests {
         #expect(h.call(R.hwptAlloc, base.set32(A.devID, ioas)) == err(.ENOENT))          // not a device
         #expect(h.call(R.hwptAlloc, base.set32(A.ptID, 77)) == err(.EINVAL))            // pt lookup fails: EINVAL
         #expect(h.call(R.hwptAlloc, base.set32(A.ptID, dev)) == err(.EINVAL))           // neither IOAS nor HWPT
-        // Nesting: no driver support.
-        #expect(h.call(R.hwptAlloc, base.set32(A.ptID, hwpt).set32(A.dataType, 0xdead).set32(A.dataLen, 4)) == err(.EOPNOTSUPP))
+        // Nesting on a HWPT that is not a nesting parent: EINVAL; without driver data EOPNOTSUPP.
+        #expect(h.call(R.hwptAlloc, base.set32(A.ptID, hwpt).set32(A.dataType, 0xdead).set32(A.dataLen, 4)) == err(.EINVAL))
         #expect(h.call(R.hwptAlloc, base.set32(A.ptID, hwpt)) == err(.EOPNOTSUPP))
         // Paging HWPTs take no driver data.
         #expect(h.call(R.hwptAlloc, base.set32(A.dataType, 1).set32(A.dataLen, 24)) == err(.EOPNOTSUPP))
         #expect(h.call(R.hwptAlloc, base.set32(A.flags, 0x10)) == err(.EOPNOTSUPP))
         // FAULT_ID_VALID: the mock driver takes no fault queue on a paging domain (EOPNOTSUPP);
-        // through VT-d no fault object can exist, and the HWPT is aborted (ENOENT).
+        // through VT-d fault_id 1 (the IOAS) is no FAULT object, and the HWPT is aborted (ENOENT).
         let before = h.file.context.objects().count
         #expect(h.call(R.hwptAlloc, base.set32(A.flags, IOMMUConstants.hwptFaultIDValid).set32(A.faultID, 1)) == err(.EOPNOTSUPP))
         let vtd = h.bind("vdev0")
@@ -232,7 +232,6 @@ struct HWPTHandlerTests {
         #expect(h.call(R.hwptInvalidate, inv.set32(ABI.HWPTInvalidate.entryNum, 1).set32(ABI.HWPTInvalidate.entryLen, 0))
                 == err(.EINVAL))
 
-        #expect(h.call(R.faultQueueAlloc, Cmd(16)) == err(.EOPNOTSUPP))
         #expect(h.call(R.faultQueueAlloc, Cmd(16).set32(ABI.FaultAlloc.flags, 1)) == err(.EOPNOTSUPP))
 
         let viommu = Cmd(40).set32(ABI.VIOMMUAlloc.type, 1).set32(ABI.VIOMMUAlloc.devID, dev).set32(ABI.VIOMMUAlloc.hwptID, parent)

@@ -171,6 +171,27 @@ struct LayoutTests {
         checkLayout(ABI.HWInfoSelftest.layout, size: 8, [("flags", 0, 4), ("test_reg", 4, 4)])
     }
 
+    @Test func faultQueueRecords() {
+        checkLayout(ABI.HWPTPgFault.layout, size: 40, [
+            ("flags", 0, 4), ("dev_id", 4, 4), ("pasid", 8, 4), ("grpid", 12, 4), ("perm", 16, 4),
+            ("__reserved", 20, 4), ("addr", 24, 8), ("length", 32, 4), ("cookie", 36, 4),
+        ])
+        #expect(ABI.HWPTPgFault.addr == 24 && ABI.HWPTPgFault.cookie == 36)
+        checkLayout(ABI.HWPTPageResponse.layout, size: 8, [("cookie", 0, 4), ("code", 4, 4)])
+        #expect(ABI.HWPTPageResponse.cookie == 0 && ABI.HWPTPageResponse.code == 4)
+    }
+
+    @Test func selftestNestingData() {
+        checkLayout(ABI.HWPTSelftest.layout, size: 4, [("iotlb", 0, 4)])
+        #expect(ABI.HWPTSelftest.minSize == 4)
+        checkLayout(ABI.HWPTInvalidateSelftest.layout, size: 8, [("flags", 0, 4), ("iotlb_id", 4, 4)])
+        #expect(ABI.HWPTInvalidateSelftest.minSize == 8 && ABI.HWPTInvalidateSelftest.iotlbID == 4)
+        #expect(IOMMUConstants.hwptDataSelftest == 0xdead && IOMMUConstants.invalidateDataSelftest == 0xdead_beef)
+        #expect(ABI.TestCmd.CheckIOTLB.id == 16 && ABI.TestCmd.CheckIOTLB.iotlb == 20)
+        #expect(ABI.TestCmd.TriggerIOPF.devID == 16 && ABI.TestCmd.TriggerIOPF.pasid == 20)
+        #expect(ABI.TestCmd.TriggerIOPF.grpid == 24 && ABI.TestCmd.TriggerIOPF.perm == 28)
+    }
+
     @Test func testCmd() {
         checkLayout(ABI.TestCmd.layout, size: 72, [
             ("size", 0, 4), ("op", 4, 4), ("id", 8, 4), ("__reserved", 12, 4), ("last", 64, 4),

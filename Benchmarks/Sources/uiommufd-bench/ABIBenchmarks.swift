@@ -63,6 +63,39 @@ func runB7Interposer(_ cfg: Config, preload: String) throws -> [ResultRow] {
     ]
 }
 
+/// B14, server mode: compiles interposer/b14_shared.c (plain C) and runs it under
+/// `uiommufd run --shared`; it interleaves IOMMU_OPTION gets served by the server with round
+/// trips of the same message sizes to a forked echo process over a SOCK_SEQPACKET socketpair.
+func runB14Shared(_ cfg: Config, uiommufd: String) throws -> [ResultRow] {
+    let dir = parentDirectory("\(#filePath)") ?? "."
+    let source = dir + "/../../interposer/b14_shared.c"
+    guard access(source, R_OK) == 0 else { throw BenchError("B14: cannot read \(source)") }
+    guard access(uiommufd, X_OK) == 0 else { throw BenchError("B14: no uiommufd at \(uiommufd)") }
+    let exe = "/tmp/uiommufd-bench-b14-\(getpid())"
+    defer { unlink(exe) }
+    func quote(_ s: String) -> String { "'" + s.replacingOccurrences("'", "'\\''") + "'" }
+    let compile = try shell("cc -O2 -o \(quote(exe)) \(quote(source)) 2>&1")
+    guard compile.status == 0 else { throw BenchError("B14: cc failed: \(compile.output)") }
+    let reps = cfg.quick ? 5 : 21
+    let n = cfg.quick ? 2_000 : 20_000
+    log("B14: IOMMU_OPTION get through `uiommufd run --shared` vs a plain UNIX-socket round trip (\(reps) reps)")
+    let run = try shell("\(quote(uiommufd)) run --shared -- \(quote(exe)) \(reps) \(n) 2>&1")
+    guard run.status == 0 else { throw BenchError("B14: the program failed: \(run.output)") }
+    var shared: [Double] = [], socket: [Double] = []
+    for line in run.output.split(separator: "\n") {
+        let f = line.split(separator: " ")
+        guard f.count == 6, f[0] == "rep", let a = Double(f[3]), let b = Double(f[5]) else { continue }
+        shared.append(a); socket.append(b)
+    }
+    guard shared.count == reps else { throw BenchError("B14: unexpected output: \(run.output)") }
+    let measured = Measured(ours: median(shared), reference: median(socket),
+                            ratio: median(zip(shared, socket).map { $0 / $1 }), oursAll: shared, referenceAll: socket)
+    return [ResultRow(id: "B14", benchmark: "IOMMU_OPTION get in server mode (uiommufd run --shared)", unit: "ns/ioctl",
+                      reference: "UNIX-socket round trip to a forked echo process (same sizes)", goal: 2.0,
+                      measured: measured,
+                      notes: ["C program (interposer/b14_shared.c) under \(uiommufd) run --shared; \(reps) interleaved repetitions of \(n) round trips"])]
+}
+
 /// Runs `command` with /bin/sh and returns its exit status and output.
 func shell(_ command: String) throws -> (status: Int32, output: String) {
     guard let f = popen(command, "r") else { throw BenchError("popen failed") }

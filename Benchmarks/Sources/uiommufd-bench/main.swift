@@ -30,6 +30,8 @@ struct Config {
     var strict = false
     /// libuiommufd-preload.so for B7 through the interposer.
     var preload: String?
+    /// The uiommufd executable for B14 (server mode).
+    var uiommufd: String?
 
     // Sizes (full run; `applyQuick` shrinks them).
     var b1Sizes: [UInt64] = [64 * GiB, TiB]
@@ -78,6 +80,7 @@ let usage = """
       --no-hugetlb-config  never grow /proc/sys/vm/nr_hugepages (B3 falls back if no free pages)
       --strict             exit 2 if a measured goal is missed
       --preload LIB        measure B7 through the interposer: a C program run with LD_PRELOAD=LIB
+      --uiommufd EXE       measure B14: an ioctl in server mode (EXE run --shared) vs a UNIX-socket round trip
     """
 
 func parseArguments() -> Config {
@@ -100,6 +103,7 @@ func parseArguments() -> Config {
         case "--no-hugetlb-config": cfg.mayConfigureHugeTLB = false
         case "--strict": cfg.strict = true
         case "--preload": cfg.preload = value(a)
+        case "--uiommufd": cfg.uiommufd = value(a)
         case "-h", "--help": print(usage); exit(0)
         default: log("unknown option \(a)\n" + usage); exit(64)
         }
@@ -171,6 +175,9 @@ section(["B7"], "B7") {
     return rows
 }
 section(["B9"], "B9") { try runB9(cfg) }
+if let exe = cfg.uiommufd {
+    section(["B14"], "B14") { try runB14Shared(cfg, uiommufd: exe) }
+}
 pool.restore()
 
 func idNumber(_ id: String) -> Int { Int(id.dropFirst()) ?? 99 }
