@@ -73,6 +73,7 @@ let package = Package(
         .testTarget(name: "IOMMUFDTests", dependencies: ["IOMMUFD"]),
         .testTarget(name: "ABITests", dependencies: ["IOMMUABI", "IOMMUEngine", "IOMMUHardware", "ProcessMemory", "UIOMMUBase"]),
         .testTarget(name: "CommandTests", dependencies: ["UIOMMUCommands"]),
+        .testTarget(name: "ServerTests", dependencies: ["IOMMUServer", "CUIOMMUWire"]),
     ],
     swiftLanguageModes: [.v6]
 )

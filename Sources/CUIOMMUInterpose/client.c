@@ -25,6 +25,7 @@
 #include "uiommu_wire.h"
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -40,7 +41,8 @@ struct remote_file {
     int connection_hint;      /* a descriptor of the connection, checked before use */
     dev_t dev;                /* the connection socket's identity */
     ino_t ino;
-    int exit_sent;
+    int access;               /* O_RDONLY / O_WRONLY / O_RDWR of the open (a socket is always
+                                 O_RDWR underneath; F_GETFL and read/write report this) */
     struct remote_file *next; /* all files of this process (for the exit notice) */
 };
 
@@ -77,11 +79,12 @@ int client_mode_enabled(void) {
 
 /* ---- files ------------------------------------------------------------------------------------ */
 
-static struct remote_file *remote_file_new(int fd) {
+static struct remote_file *remote_file_new(int fd, int access) {
     struct remote_file *rf = calloc(1, sizeof *rf);
     if (!rf) return NULL;
     pthread_mutex_init(&rf->lock, NULL);
     rf->channel = -1;
+    rf->access = access;
     rf->connection_hint = fd;
     struct stat st;
     if (real_fstatat(fd, "", &st, AT_EMPTY_PATH) == 0) { rf->dev = st.st_dev; rf->ino = st.st_ino; }
@@ -235,8 +238,8 @@ int client_ioctl(struct handle *h, int fd, unsigned long request, unsigned long 
 
 /* ---- open, adopt, release ------------------------------------------------------------------------ */
 
-static struct handle *attach(int fd) {
-    struct remote_file *rf = remote_file_new(fd);
+static struct handle *attach(int fd, int access) {
+    struct remote_file *rf = remote_file_new(fd, access);
     if (!rf) return NULL;
     struct handle *h = handle_new(HANDLE_REMOTE, rf);
     if (!h) { remote_file_free(rf); return NULL; }
@@ -245,7 +248,9 @@ static struct handle *attach(int fd) {
 }
 
 int client_open(int flags) {
+    /* The device node's answers (see owned_memfd). */
     if (flags & O_PATH) { errno = ENXIO; return -1; }
+    if ((flags & (O_CREAT | O_EXCL)) == (O_CREAT | O_EXCL)) { errno = EEXIST; return -1; }
     if (flags & O_DIRECTORY) { errno = ENOTDIR; return -1; }
     int saved = errno;
     int type = SOCK_SEQPACKET | ((flags & O_CLOEXEC) ? SOCK_CLOEXEC : 0) | ((flags & O_NONBLOCK) ? SOCK_NONBLOCK : 0);
@@ -258,7 +263,13 @@ int client_open(int flags) {
         errno = e;
         return -1;
     }
-    if (!attach(fd)) { real_close(fd); errno = ENOMEM; return -1; }
+    /* The server greets each connection with one message that stays queued (we never read
+     * the connection), so poll/select see the iommufd readable as the kernel's file without a
+     * poll method is. Wait for it: it also means the server has taken the connection. */
+    struct pollfd greeting = { .fd = fd, .events = POLLIN };
+    while (poll(&greeting, 1, 10000) < 0 && errno == EINTR) {}
+    if (greeting.revents & (POLLHUP | POLLERR)) { real_close(fd); errno = ENODEV; return -1; }
+    if (!attach(fd, flags & O_ACCMODE)) { real_close(fd); errno = ENOMEM; return -1; }
     errno = saved;
     return fd;
 }
@@ -277,7 +288,11 @@ int client_adopt(int fd) {
     ok = ok && getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) == 0 && type == SOCK_SEQPACKET;
     errno = saved;
     if (!ok || slot_get(fd)) return 0;
-    return attach(fd) != NULL;
+    return attach(fd, O_RDWR) != NULL;
+}
+
+int client_access_mode(struct handle *h) {
+    return ((struct remote_file *)h->object)->access;
 }
 
 void client_release(void *object) {

@@ -47,6 +47,8 @@ HIDDEN int real_fstatat(int dirfd, const char *path, struct stat *st, int flags)
 HIDDEN int real_statx(int dirfd, const char *path, int flags, unsigned mask, struct statx *stx);
 HIDDEN int real_faccessat(int dirfd, const char *path, int mode, int flags);
 HIDDEN int real_euidaccess(const char *path, int mode);
+struct epoll_event;
+HIDDEN int real_epoll_ctl(int epfd, int op, int fd, struct epoll_event *event);
 
 /* ---- fdtable.c: handles, the fd table, the gate ------------------------------------------ */
 enum handle_kind {
@@ -158,6 +160,8 @@ HIDDEN int client_ioctl(struct handle *h, int fd, unsigned long request, unsigne
 /* read (op 0) or write (op 1) of an auxiliary file: bytes or -errno. */
 HIDDEN ssize_t client_aux_rw(struct handle *h, int fd, int op, void *buffer, size_t count);
 HIDDEN void client_release(void *object);
+/* The access mode (O_ACCMODE bits) the program opened a served iommufd with. */
+HIDDEN int client_access_mode(struct handle *h);
 HIDDEN void client_aux_release(void *object);
 
 /* ---- mmio.c: BAR mappings ------------------------------------------------------------------ */

@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/sysmacros.h>
 #include <sys/uio.h>
@@ -333,8 +334,17 @@ EXPORT int dup2(int fd, int fd2) { return dup_onto(fd, fd2, 0, 0); }
 EXPORT int dup3(int fd, int fd2, int flags) { return dup_onto(fd, fd2, flags, 1); }
 
 static int fcntl_common(int fd, int cmd, void *arg) {
-    if (LIKELY(!slot_get(fd)) || (cmd != F_DUPFD && cmd != F_DUPFD_CLOEXEC))
-        return real_fcntl(fd, cmd, arg);
+    if (LIKELY(!slot_get(fd))) return real_fcntl(fd, cmd, arg);
+    if (cmd == F_GETFL) {
+        /* A served iommufd is a socket (always O_RDWR underneath): report the open's mode. */
+        int r = real_fcntl(fd, cmd, arg);
+        gate_enter();
+        struct handle *h = slot_get(fd);
+        if (r >= 0 && h && h->kind == HANDLE_REMOTE) r = (r & ~O_ACCMODE) | client_access_mode(h);
+        gate_exit();
+        return r;
+    }
+    if (cmd != F_DUPFD && cmd != F_DUPFD_CLOEXEC) return real_fcntl(fd, cmd, arg);
     struct handle *h = handle_get_ref(fd);
     int r = real_fcntl(fd, cmd, arg);
     if (h) {
@@ -414,6 +424,21 @@ EXPORT int ioctl(int fd, unsigned long request, ...) {
     return owned_ioctl(fd, request, arg);
 }
 
+/* ---- epoll ------------------------------------------------------------------------------------- */
+
+/* The kernel's iommufd has no poll method, so epoll refuses it (EPERM). A memfd-backed one gets
+ * that from the kernel; a served one is a socket, which epoll would accept. */
+EXPORT int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event) {
+    if (UNLIKELY(slot_get(fd) != NULL) && op == EPOLL_CTL_ADD) {
+        gate_enter();
+        struct handle *h = slot_get(fd);
+        int refuse = h && h->kind == HANDLE_REMOTE && iommufd_slot_is_current(fd, h);
+        gate_exit();
+        if (refuse) { errno = EPERM; return -1; }
+    }
+    return real_epoll_ctl(epfd, op, fd, event);
+}
+
 /* ---- read / write ------------------------------------------------------------------------------- */
 
 /* Bounce buffer size for auxiliary reads and writes (records are tens of bytes). */
@@ -466,7 +491,7 @@ static ssize_t owned_rw(int fd, int op, int positioned, off_t position, const st
     }
     if (h->kind == HANDLE_IOMMUFD || h->kind == HANDLE_REMOTE) {
         /* vfs_read/vfs_write: EBADF without the access mode, EINVAL without a method. */
-        int access = real_fcntl(fd, F_GETFL, NULL) & O_ACCMODE;
+        int access = h->kind == HANDLE_REMOTE ? client_access_mode(h) : real_fcntl(fd, F_GETFL, NULL) & O_ACCMODE;
         r = (op == 0 && access == O_WRONLY) || (op == 1 && access == O_RDONLY) ? -EBADF : -EINVAL;
     } else if (positioned) {
         r = -ESPIPE;
@@ -783,7 +808,7 @@ EXPORT int eaccess(const char *path, int mode) {
 
 static const char *const symbols[] = {
     "open", "open64", "openat", "openat64", "__open_2", "__open64_2", "__openat_2", "__openat64_2",
-    "close", "close_range", "closefrom", "dup", "dup2", "dup3", "fcntl", "fcntl64", "ioctl",
+    "close", "close_range", "closefrom", "dup", "dup2", "dup3", "fcntl", "fcntl64", "ioctl", "epoll_ctl",
     "read", "write", "readv", "writev", "pread", "pread64", "pwrite", "pwrite64",
     "preadv", "preadv64", "pwritev", "pwritev64", "preadv2", "preadv64v2", "pwritev2", "pwritev64v2",
     "__read_chk", "__pread_chk", "__pread64_chk", "mmap", "mmap64",

@@ -7,6 +7,7 @@
  * syscall(2). errno is preserved across resolution.
  */
 #include "internal.h"
+#include <sys/epoll.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -55,6 +56,7 @@ typedef void *(*mmap_fn)(void *, size_t, int, int, int, off_t);
 typedef int (*fstatat_fn)(int, const char *, struct stat *, int);
 typedef int (*statx_fn)(int, const char *, int, unsigned, struct statx *);
 typedef int (*faccessat_fn)(int, const char *, int, int);
+typedef int (*epoll_ctl_fn)(int, int, int, struct epoll_event *);
 typedef int (*euidaccess_fn)(const char *, int);
 
 RESOLVER(openat_fn, openat)
@@ -79,6 +81,7 @@ RESOLVER(fstatat_fn, fstatat)
 RESOLVER(statx_fn, statx)
 RESOLVER(faccessat_fn, faccessat)
 RESOLVER(euidaccess_fn, euidaccess)
+RESOLVER(epoll_ctl_fn, epoll_ctl)
 
 int real_openat(int dirfd, const char *path, int flags, mode_t mode) {
     openat_fn f = openat_next();
@@ -210,4 +213,10 @@ int real_euidaccess(const char *path, int mode) {
     euidaccess_fn f = euidaccess_next();
     if (f) return f(path, mode);
     return (int)syscall(SYS_faccessat2, AT_FDCWD, path, mode, AT_EACCESS);
+}
+
+int real_epoll_ctl(int epfd, int op, int fd, struct epoll_event *event) {
+    epoll_ctl_fn f = epoll_ctl_next();
+    if (f) return f(epfd, op, fd, event);
+    return (int)syscall(SYS_epoll_ctl, epfd, op, fd, event);
 }

@@ -1,7 +1,8 @@
 // Handlers of the hardware-facing ioctls: HWPT_ALLOC (paging and nested), GET_HW_INFO, dirty
 // tracking, HWPT_INVALIDATE, FAULT_QUEUE_ALLOC (hw_pagetable.c, device.c, io_pagetable.c,
-// eventq.c), and the answers of the features the engine does not model (vIOMMU, vDEVICE,
-// vEVENTQ, HW queues), given as a kernel whose IOMMU drivers lack them would give them.
+// eventq.c), vIOMMU, vDEVICE and vEVENTQ allocation (viommu.c, eventq.c), and the answer of
+// the feature the engine does not model (HW queues), given as a kernel whose IOMMU drivers
+// lack it would give it.
 
 import UIOMMUBase
 import IOMMUHardware
@@ -290,8 +291,9 @@ extension Handlers {
     // MARK: IOMMU_HWPT_INVALIDATE
 
     /// IOMMU_HWPT_INVALIDATE: __reserved (EOPNOTSUPP), entries without data_uptr or entry_len
-    /// (EINVAL), then the object: a nested HWPT's driver handles the array (a vIOMMU cannot
-    /// exist here; anything else is EINVAL, nothing ENOENT). entry_num is written back — the
+    /// (EINVAL), then the object: a nested HWPT's driver handles the array request by request,
+    /// a vIOMMU's driver reads the whole array first (readVIOMMURequests); anything else is
+    /// EINVAL, nothing ENOENT. entry_num is written back — the
     /// number of requests handled — whatever happens, as the kernel does. Each request is read
     /// with iommu_copy_struct_from_user_array's rule: an entry_len below the driver struct's
     /// first version or above the driver's struct is EINVAL, a shorter one is zero-extended.
@@ -308,7 +310,12 @@ extension Handlers {
         } else {
             let dataType = b.u32(L.dataType)
             let type: NestedInvalidationType = dataType == IOMMUConstants.invalidateDataSelftest ? .selftest : .other(dataType)
-            let result = file.context.invalidateHWPT(b.u32(L.hwptID), type: type, count: entryNum) {
+            let viommuType: VIOMMUInvalidationType = dataType == IOMMUConstants.viommuInvalidateDataSelftest ? .selftest : .other(dataType)
+            let readAll = { () throws(IOMMUError) -> [VIOMMUInvalidation] in
+                try readVIOMMURequests(file, uptr: uptr, entryLen: entryLen, entryNum: entryNum)
+            }
+            let result = file.context.invalidateHWPT(b.u32(L.hwptID), type: type, count: entryNum,
+                                                     viommuType: viommuType, readAll: readAll) {
                 (index) throws(IOMMUError) -> NestedInvalidation in
                 typealias E = ABI.HWPTInvalidateSelftest
                 // uptr + entry_len * index: an address past the top is unreadable (EFAULT).
@@ -324,6 +331,30 @@ extension Handlers {
         b.set32(L.entryNum, done)
         guard call.respond(file) else { return call.fail(.EFAULT, "cannot write entry_num back") }
         return rc
+    }
+
+    /// The whole request array of a vIOMMU invalidation, as iommu_copy_struct_from_full_user_array
+    /// reads it: each entry_len-byte entry copied into a 12-byte struct
+    /// iommu_viommu_invalidate_selftest (zero-extended; E2BIG for non-zero bytes past it;
+    /// EFAULT); an array the kernel could not allocate is ENOMEM.
+    static func readVIOMMURequests(_ file: IOMMUFDFile, uptr: UInt64, entryLen: UInt32,
+                                   entryNum: UInt32) throws(IOMMUError) -> [VIOMMUInvalidation] {
+        typealias E = ABI.VIOMMUInvalidateSelftest
+        guard entryNum != 0 else { throw IOMMUError(.EINVAL, "empty array") }
+        guard UInt64(entryNum) * UInt64(E.size) <= 64 << 20 else { throw IOMMUError(.ENOMEM, "request array too large") }
+        var requests: [VIOMMUInvalidation] = []
+        requests.reserveCapacity(Int(entryNum))
+        for i in 0..<UInt64(entryNum) {
+            let (address, overflow) = uptr.addingReportingOverflow(UInt64(entryLen) * i)
+            guard !overflow else { throw IOMMUError(.EFAULT, "request \(i) lies past the address space") }
+            let bytes = try readUserStruct(file, uptr: address, length: UInt64(entryLen), size: E.size)
+            let r = bytes.withUnsafeBytes { raw in
+                (raw.load(fromByteOffset: E.flags, as: UInt32.self), raw.load(fromByteOffset: E.vdevID, as: UInt32.self),
+                 raw.load(fromByteOffset: E.cacheID, as: UInt32.self))
+            }
+            requests.append(.selftest(flags: r.0, vdevID: r.1, cacheID: r.2))
+        }
+        return requests
     }
 
     // MARK: IOMMU_FAULT_QUEUE_ALLOC
@@ -359,26 +390,108 @@ extension Handlers {
         return 0
     }
 
-    /// IOMMU_VIOMMU_ALLOC: the kernel checks flags and type, looks the device up, then asks
-    /// the device's IOMMU driver for vIOMMU support — which none has here (EOPNOTSUPP) — before
-    /// it looks at the HWPT.
+    // MARK: IOMMU_VIOMMU_ALLOC, IOMMU_VDEVICE_ALLOC, IOMMU_VEVENTQ_ALLOC
+
+    /// IOMMU_VIOMMU_ALLOC: flags and type DEFAULT (EOPNOTSUPP), then the engine: the device
+    /// (ENOENT), the driver's support of the type (EOPNOTSUPP), the HWPT (ENOENT; EINVAL
+    /// without NEST_PARENT), the driver data if data_len is not 0 (struct iommu_viommu_selftest:
+    /// EINVAL below its first version or without data_uptr, E2BIG for non-zero bytes past it,
+    /// EFAULT), whose out fields the driver writes back. The object goes away again if the
+    /// answer cannot be written.
     static let viommuAlloc: IoctlHandler = { file, call in
         typealias L = ABI.VIOMMUAlloc
         let b = call.bytes
-        guard b.u32(L.flags) == 0 else { return call.fail(.EOPNOTSUPP, "unknown flags") }
-        guard b.u32(L.type) != 0 else { return call.fail(.EOPNOTSUPP, "type DEFAULT cannot be allocated") }
+        let type = b.u32(L.type)
+        guard b.u32(L.flags) == 0, type != 0 else { return call.fail(.EOPNOTSUPP, "unknown flags, or type DEFAULT") }
+        let dataLen = b.u32(L.dataLen), uptr = b.u64(L.dataUptr)
+        typealias D = ABI.VIOMMUSelftest
+        let userData: VIOMMUUserData? = dataLen == 0 ? nil : VIOMMUUserData(decode: { () throws(IOMMUError) -> UInt32 in
+            // iommu_copy_struct_from_user for the driver's type (the vIOMMU type here).
+            guard type == IOMMUConstants.viommuTypeSelftest else { throw IOMMUError(.EINVAL, "data of another type") }
+            let bytes = try copyStructFromUser(file, uptr: uptr, length: UInt64(dataLen), minSize: D.minSize, size: D.size)
+            return bytes.withUnsafeBytes { $0.load(fromByteOffset: D.inData, as: UInt32.self) }
+        }, respond: { (outData, offset, length) throws(IOMMUError) in
+            var reply = [UInt8](repeating: 0, count: D.size)
+            reply.withUnsafeMutableBytes { raw in
+                let r = StructBytes(raw.baseAddress!)
+                r.set32(D.inData, outData)
+                r.set32(D.outData, outData)
+                r.set64(D.outMmapOffset, offset)
+                r.set64(D.outMmapLength, length)
+            }
+            let n = min(Int(dataLen), D.size)
+            let ok = reply.withUnsafeBytes { file.user.copyToUser(uptr, $0.baseAddress!, n) }
+            guard ok else { throw IOMMUError(.EFAULT, "data_uptr is not writable") }
+        })
+        let id: UInt32
         do throws(IOMMUError) {
-            _ = try file.context.attachedHWPT(device: b.u32(L.devID))
+            id = try file.context.allocVIOMMU(device: b.u32(L.devID), hwpt: b.u32(L.hwptID), type: type, userData: userData)
         } catch {
             return call.fail(error)
         }
-        return call.fail(.EOPNOTSUPP, "the IOMMU driver has no vIOMMU support")
+        b.set32(L.outVIOMMUID, id)
+        guard call.respond(file) else {
+            try? file.context.destroy(id)
+            return call.fail(.EFAULT, "cannot write out_viommu_id")
+        }
+        return 0
     }
 
-    /// IOMMU_VDEVICE_ALLOC: the vIOMMU is looked up first, and none can exist (ENOENT).
+    /// copy_struct_from_user of a driver struct of `size` bytes from `length` user bytes
+    /// (iommu_copy_struct_from_user): below `minSize` or a NULL pointer EINVAL; a shorter
+    /// struct is zero-extended; bytes past `size` must be zero (E2BIG); unreadable EFAULT.
+    static func copyStructFromUser(_ file: IOMMUFDFile, uptr: UInt64, length: UInt64, minSize: Int,
+                                   size: Int) throws(IOMMUError) -> [UInt8] {
+        guard length >= UInt64(minSize), uptr != 0 else {
+            throw IOMMUError(.EINVAL, "data length \(length) is below \(minSize), or no data pointer")
+        }
+        return try readUserStruct(file, uptr: uptr, length: length, size: size)
+    }
+
+    /// copy_struct_from_user: `size` bytes from `length` user bytes at `uptr` (zero-extended;
+    /// E2BIG for a non-zero byte past `size`; EFAULT).
+    static func readUserStruct(_ file: IOMMUFDFile, uptr: UInt64, length: UInt64, size: Int) throws(IOMMUError) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: size)
+        let n = Int(min(length, UInt64(size)))
+        if n > 0 {
+            let ok = bytes.withUnsafeMutableBytes { file.user.copyFromUser($0.baseAddress!, uptr, n) }
+            guard ok else { throw IOMMUError(.EFAULT, "data at 0x\(String(uptr, radix: 16)) is not readable") }
+        }
+        if length > UInt64(size) {
+            // check_zeroed_user over the tail, a bounded chunk at a time.
+            var address = uptr &+ UInt64(size), remaining = length - UInt64(size)
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            while remaining > 0 {
+                let k = Int(min(remaining, 4096))
+                let ok = chunk.withUnsafeMutableBytes { file.user.copyFromUser($0.baseAddress!, address, k) }
+                guard ok else { throw IOMMUError(.EFAULT, "data at 0x\(String(address, radix: 16)) is not readable") }
+                if chunk[0..<k].contains(where: { $0 != 0 }) {
+                    throw IOMMUError(.E2BIG, "non-zero bytes past the driver's struct")
+                }
+                address = address &+ UInt64(k)
+                remaining -= UInt64(k)
+            }
+        }
+        return bytes
+    }
+
+    /// IOMMU_VDEVICE_ALLOC: the vIOMMU (ENOENT), the device (ENOENT), the same IOMMU (EINVAL),
+    /// one vDEVICE per device and per virt_id (EEXIST).
     static let vdeviceAlloc: IoctlHandler = { file, call in
-        let viommu = call.bytes.u32(ABI.VDeviceAlloc.viommuID)
-        return call.fail(.ENOENT, "no vIOMMU \(viommu)")
+        typealias L = ABI.VDeviceAlloc
+        let b = call.bytes
+        let id: UInt32
+        do throws(IOMMUError) {
+            id = try file.context.allocVDevice(viommu: b.u32(L.viommuID), device: b.u32(L.devID), virtID: b.u64(L.virtID))
+        } catch {
+            return call.fail(error)
+        }
+        b.set32(L.outVDeviceID, id)
+        guard call.respond(file) else {
+            try? file.context.destroy(id)
+            return call.fail(.EFAULT, "cannot write out_vdevice_id")
+        }
+        return 0
     }
 
     /// IOMMU_IOAS_CHANGE_PROCESS: the calling process takes over the pin accounting of every
@@ -393,19 +506,41 @@ extension Handlers {
         return 0
     }
 
-    /// IOMMU_VEVENTQ_ALLOC: flags, __reserved and type (EOPNOTSUPP), depth (EINVAL), then the
-    /// vIOMMU lookup, which always fails (ENOENT).
+    /// IOMMU_VEVENTQ_ALLOC: flags, __reserved and type DEFAULT (EOPNOTSUPP), depth 0 (EINVAL),
+    /// then the vIOMMU (ENOENT) and one queue per type (EEXIST); a VEVENTQ object and its
+    /// descriptor (VEventQueueFile), both gone again if the answer cannot be written back.
     static let veventqAlloc: IoctlHandler = { file, call in
         typealias L = ABI.VEventQAlloc
         let b = call.bytes
         guard b.u32(L.flags) == 0, b.u32(L.reserved) == 0 else { return call.fail(.EOPNOTSUPP, "flags or __reserved not zero") }
         guard b.u32(L.type) != 0 else { return call.fail(.EOPNOTSUPP, "type DEFAULT cannot be allocated") }
         guard b.u32(L.veventqDepth) != 0 else { return call.fail(.EINVAL, "veventq_depth is 0") }
-        return call.fail(.ENOENT, "no vIOMMU \(b.u32(L.viommuID))")
+        let endpoint: VEventQueueEndpoint
+        do throws(IOMMUError) {
+            endpoint = try file.context.allocVEventQueue(viommu: b.u32(L.viommuID), type: b.u32(L.type),
+                                                         depth: b.u32(L.veventqDepth))
+        } catch {
+            return call.fail(error)
+        }
+        let queueFile = VEventQueueFile(iommufd: file, endpoint: endpoint)
+        queueFile.retainContext()
+        let fd = file.broker.install(queueFile)
+        guard fd >= 0 else {
+            queueFile.abort()
+            queueFile.release()
+            return call.fail(LinuxErrno(rawValue: -fd), "no descriptor for the vEVENTQ")
+        }
+        b.set32(L.outVEventQID, endpoint.id)
+        b.set32(L.outVEventQFD, UInt32(bitPattern: fd))
+        guard call.respond(file) else {
+            queueFile.abort()
+            return call.fail(.EFAULT, "cannot write out_veventq_id / out_veventq_fd")
+        }
+        return 0
     }
 
     /// IOMMU_HW_QUEUE_ALLOC: flags and type (EOPNOTSUPP), length (EINVAL), overflow
-    /// (EOVERFLOW), then the vIOMMU lookup, which always fails (ENOENT).
+    /// (EOVERFLOW), then the vIOMMU lookup (ENOENT); HW queues are not modelled (EOPNOTSUPP).
     static let hwQueueAlloc: IoctlHandler = { file, call in
         typealias L = ABI.HWQueueAlloc
         let b = call.bytes
@@ -416,7 +551,13 @@ extension Handlers {
         guard !b.u64(L.nestingParentIOVA).addingReportingOverflow(length - 1).overflow else {
             return call.fail(.EOVERFLOW, "nesting_parent_iova + length overflows")
         }
-        return call.fail(.ENOENT, "no vIOMMU \(b.u32(L.viommuID))")
+        do throws(IOMMUError) {
+            _ = try file.context.viommuInfo(b.u32(L.viommuID))
+        } catch {
+            return call.fail(error)
+        }
+        // HW queues are not modelled: answered as a vIOMMU driver without them.
+        return call.fail(.EOPNOTSUPP, "the vIOMMU driver has no HW queues")
     }
 
     // MARK: IOMMU_TEST_CMD

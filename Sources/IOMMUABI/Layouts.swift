@@ -165,6 +165,10 @@ public enum IOMMUConstants {
     public static let invalidateDataTypes: [(UInt64, String)] = [(0, "VTD_S1"), (1, "ARM_SMMUV3"), (0xdead_beef, "SELFTEST")]
     public static let viommuTypes: [(UInt64, String)] = [(0, "DEFAULT"), (1, "ARM_SMMUV3"), (2, "TEGRA241_CMDQV"), (0xdead_beef, "SELFTEST")]
     public static let veventqTypes: [(UInt64, String)] = [(0, "DEFAULT"), (1, "ARM_SMMUV3"), (2, "TEGRA241_CMDQV"), (0xbeef_beef, "SELFTEST")]
+    public static let viommuTypeSelftest: UInt32 = 0xdead_beef
+    public static let veventqTypeSelftest: UInt32 = 0xbeef_beef
+    public static let viommuInvalidateDataSelftest: UInt32 = 0xdead_beef
+    public static let veventqFlags: [(UInt64, String)] = [(1, "LOST_EVENTS")]
     public static let hwQueueTypes: [(UInt64, String)] = [(0, "DEFAULT"), (1, "TEGRA241_CMDQV"), (0xdead_beef, "SELFTEST")]
 }
 
@@ -495,6 +499,46 @@ public enum ABI {
         public static let flags = 0, iotlbID = 4
         public static let layout = ABIStructLayout("iommu_hwpt_invalidate_selftest", size: size, [
             .u32("flags", flags, .input, .flags([(1, "ALL")])), .u32("iotlb_id", iotlbID, .input),
+        ])
+    }
+
+    /// struct iommu_viommu_selftest: the mock vIOMMU's data (IOMMU_VIOMMU_TYPE_SELFTEST).
+    /// The first (minimum) version ends with `out_data`.
+    public enum VIOMMUSelftest {
+        public static let size = 24, minSize = 8
+        public static let inData = 0, outData = 4, outMmapOffset = 8, outMmapLength = 16
+        public static let layout = ABIStructLayout("iommu_viommu_selftest", size: size, [
+            .u32("in_data", inData, .input, .hex), .u32("out_data", outData, .output, .hex),
+            .u64("out_mmap_offset", outMmapOffset, .output, .hex), .u64("out_mmap_length", outMmapLength, .output, .hex),
+        ])
+    }
+
+    /// struct iommu_viommu_invalidate_selftest: one request of the mock vIOMMU's HWPT_INVALIDATE
+    /// array (IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST).
+    public enum VIOMMUInvalidateSelftest {
+        public static let size = 12
+        public static let flags = 0, vdevID = 4, cacheID = 8
+        public static let layout = ABIStructLayout("iommu_viommu_invalidate_selftest", size: size, [
+            .u32("flags", flags, .input, .flags([(1, "ALL")])), .u32("vdev_id", vdevID, .input, .hex),
+            .u32("cache_id", cacheID, .input),
+        ])
+    }
+
+    /// struct iommufd_vevent_header: what read(2) of a vEVENTQ returns before each event's data.
+    public enum VEventHeader {
+        public static let size = 8
+        public static let flags = 0, sequence = 4
+        public static let layout = ABIStructLayout("iommufd_vevent_header", size: size, [
+            .u32("flags", flags, .output, .flags(IOMMUConstants.veventqFlags)), .u32("sequence", sequence, .output),
+        ])
+    }
+
+    /// struct iommu_viommu_event_selftest: the mock's vEVENT data (IOMMU_VEVENTQ_TYPE_SELFTEST).
+    public enum VIOMMUEventSelftest {
+        public static let size = 4
+        public static let virtID = 0
+        public static let layout = ABIStructLayout("iommu_viommu_event_selftest", size: size, [
+            .u32("virt_id", virtID, .output, .hex),
         ])
     }
 

@@ -11,9 +11,9 @@
 // counts are the host-wide per-page counts (PinLedger.physicalPins), accesses are engine
 // ACCESS objects behind an auxiliary descriptor (SelftestAccess.swift), nested HWPTs carry the
 // mock's nested domain (MD_CHECK_IOTLB reads its IOTLB), TRIGGER_IOPF raises a page request
-// that lands in a FAULT object's queue. Ops whose engine feature does not exist answer as a
-// kernel without it: TRIGGER_VEVENT finds no vDEVICE (ENOENT), and the PASID ops are unknown
-// (EOPNOTSUPP).
+// that lands in a FAULT object's queue, DEV_CHECK_CACHE reads a mock device's cache (which
+// vIOMMU invalidations clear), TRIGGER_VEVENT reports a vEVENT through the device's vIOMMU.
+// The PASID ops are not modelled and answer as unknown ops (EOPNOTSUPP).
 
 import UIOMMUBase
 import IOMMUEngine
@@ -151,10 +151,7 @@ struct SelftestOps {
         case .mdCheckIOTLB: try checkIOTLB()
         case .triggerIOPF: try triggerIOPF()
         case .devCheckCache: try devCheckCache()
-        case .triggerVEvent:
-            let device = cmd.u32(ABI.TestCmd.TriggerVEvent.devID)
-            _ = try context.isMockDevice(device)
-            throw IOMMUError(.ENOENT, "device \(device) has no vIOMMU and no vDEVICE")
+        case .triggerVEvent: try triggerVEvent()
         case .pasidAttach, .pasidReplace, .pasidDetach, .pasidCheckHWPT:
             // PASID attachment is not modelled: answered as a kernel without these ops.
             throw IOMMUError(.EOPNOTSUPP, "PASID attach is not supported")
@@ -316,14 +313,27 @@ struct SelftestOps {
         }
     }
 
-    /// DEV_CHECK_CACHE: mock device cache entry `id` holds `cache` (entries keep their default
-    /// until a vIOMMU invalidation clears them, and there are no vIOMMUs here).
+    /// DEV_CHECK_CACHE: entry check_dev_cache.id of the cache of mock DEVICE `id` holds
+    /// check_dev_cache.cache (ENOENT without the DEVICE; EINVAL for a bad entry or value).
     func devCheckCache() throws(IOMMUError) {
         typealias L = ABI.TestCmd.CheckDevCache
-        guard try context.isMockDevice(id) else { throw IOMMUError(.EINVAL, "device \(id) is not a mock device") }
+        guard let cache = try context.mockDeviceCache(device: id) else {
+            throw IOMMUError(.EINVAL, "device \(id) is not a mock device")
+        }
         let entry = cmd.u32(L.id), value = cmd.u32(L.cache)
-        guard entry <= SelftestConstants.devCacheIDMax, value == SelftestConstants.devCacheDefault else {
+        guard entry <= MockDeviceCache.idMax, cache[Int(entry)] == value else {
             throw IOMMUError(.EINVAL, "cache[\(entry)] is not 0x\(String(value, radix: 16))")
+        }
+    }
+
+    /// TRIGGER_VEVENT: an event (struct iommu_viommu_event_selftest: the virtual ID) from DEVICE
+    /// dev_id through the vIOMMU of the nested HWPT it is attached to (ENOENT without one, or
+    /// without a virtual ID; EOPNOTSUPP without a vEVENTQ of the selftest type).
+    func triggerVEvent() throws(IOMMUError) {
+        try context.reportVEvent(device: cmd.u32(ABI.TestCmd.TriggerVEvent.devID)) { virtID in
+            var data = [UInt8](repeating: 0, count: ABI.VIOMMUEventSelftest.size)
+            data.withUnsafeMutableBytes { StructBytes($0.baseAddress!).set32(ABI.VIOMMUEventSelftest.virtID, UInt32(truncatingIfNeeded: virtID)) }
+            return data
         }
     }
 

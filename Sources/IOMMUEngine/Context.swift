@@ -78,7 +78,7 @@ public final class IOMMUFDContext: @unchecked Sendable {
     public func destroy(_ id: UInt32) throws(IOMMUError) {
         try lock.withLock { () throws(IOMMUError) in
             try checkOpen()
-            guard let object = table.get(id) else { throw IOMMUError(.ENOENT, "no object with ID \(id)") }
+            guard let object = table.get(id), !(object is Tombstone) else { throw IOMMUError(.ENOENT, "no object with ID \(id)") }
             guard object.holders == 0 else {
                 throw IOMMUError(.EBUSY, "\(object.kind) \(id) is in use (\(object.holders) holder(s))")
             }
@@ -88,7 +88,7 @@ public final class IOMMUFDContext: @unchecked Sendable {
 
     /// The kind of object `id`, or nil if there is none.
     public func objectKind(_ id: UInt32) -> ObjectKind? {
-        lock.withLock { table.get(id)?.kind }
+        lock.withLock { table.get(id).flatMap { $0 is Tombstone ? nil : $0.kind } }
     }
 
     /// The IOAS the VFIO type1 compatibility ioctls act on (IOMMU_VFIO_IOAS); cleared when
@@ -107,7 +107,7 @@ public final class IOMMUFDContext: @unchecked Sendable {
     /// Every object in the table, by ID.
     public func objects() -> [ObjectInfo] {
         lock.withLock {
-            table.objects.values.sorted { $0.id < $1.id }.map {
+            table.objects.values.filter { !($0 is Tombstone) }.sorted { $0.id < $1.id }.map {
                 ObjectInfo(id: $0.id, kind: $0.kind, holders: $0.holders, summary: $0.summary)
             }
         }
@@ -131,6 +131,10 @@ public final class IOMMUFDContext: @unchecked Sendable {
                 if let fault = object as? FaultQueue, fault.heldByFile {
                     fault.heldByFile = false
                     fault.holders -= 1
+                }
+                if let queue = object as? VEventQueue, queue.heldByFile {
+                    queue.heldByFile = false
+                    queue.holders -= 1
                 }
             }
             // Leaves first: repeatedly remove everything nothing holds.

@@ -23,9 +23,19 @@ final class BoundDevice: EngineObject {
     /// list), at most `maxPartialPageRequests`.
     var partialPageRequests: [PageRequest] = []
     static let maxPartialPageRequests = 256
+    /// Its vDEVICE, if any (one per device).
+    var vdevice: VDevice?
+    /// The selftest mock device's cache (mock devices only; fresh with each binding, as the
+    /// kernel creates a new mock device for each MOCK_DOMAIN).
+    let mockCache: MockDeviceCache?
+    /// The vIOMMU and virtual ID the device reports events under: set when it attaches to a
+    /// nested HWPT of a vIOMMU, cleared when it attaches elsewhere (the mock driver's attach).
+    var eventVIOMMU: VIOMMU?
+    var eventVirtID: UInt64 = 0
 
     init(device: PlatformDevice) {
         self.device = device
+        self.mockCache = device.unit.spec.kind == .selftestMock ? MockDeviceCache() : nil
         super.init(kind: .device)
         holders = 1
     }
@@ -38,6 +48,8 @@ final class BoundDevice: EngineObject {
 
     override func teardown(_ context: IOMMUFDContext) {
         if hwpt != nil { context.detachLocked(self) }
+        if let vdevice { context.tombstone(vdevice) }
+        eventVIOMMU = nil
         context.platform.release(device, owner: ObjectIdentifier(context))
     }
 
@@ -156,6 +168,10 @@ extension IOMMUFDContext {
                 throw IOMMUError(.EINVAL, "nested HWPT \(hwpt.id) belongs to another IOMMU driver")
             }
             if let error = nested.parent.domain.attachError(to: device.unit.spec) { throw error }
+            if let viommu = nested.viommu, device.vdevice?.viommu !== viommu {
+                // The driver looks up the device's virtual ID on the vIOMMU.
+                throw IOMMUError(.ENOENT, "DEVICE \(device.id) has no vDEVICE on vIOMMU \(viommu.id)")
+            }
             return
         }
         guard let paging = hwpt as? HWPTPaging else { throw IOMMUError(.EINVAL, "HWPT \(hwpt.id) cannot be attached to") }
@@ -228,6 +244,8 @@ extension IOMMUFDContext {
             }
             d.hwpt = hwpt
             hwpt.holders += 1
+            d.eventVIOMMU = (hwpt as? HWPTNested)?.viommu
+            d.eventVirtID = d.eventVIOMMU != nil && d.vdevice?.viommu === d.eventVIOMMU ? d.vdevice!.virtID : 0
         }
         for old in previous { destroyIfUnusedAuto(old) }
     }
@@ -236,6 +254,8 @@ extension IOMMUFDContext {
         guard let hwpt = device.hwpt else { return }
         device.hwpt = nil
         hwpt.holders -= 1
+        device.eventVIOMMU = nil
+        device.eventVirtID = 0
         hwpt.reservingIOAS?.iopt.removeReservations(owner: .device(ObjectIdentifier(device)))
         hwpt.fault?.dropGroups { $0.device === device && $0.hwpt === hwpt }
         if attachedGroupPeers(of: device).isEmpty { programGroup(device, domain: nil) }

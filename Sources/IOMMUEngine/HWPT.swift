@@ -161,8 +161,10 @@ extension IOMMUFDContext {
                     hwpt = try makeHWPTPaging(for: device, ioas: ioas, flags: flags, autoDomain: false)
                 case let parent as HWPTPaging:
                     hwpt = try makeHWPTNested(for: device, parent: parent, flags: flags, userData: userData)
+                case let viommu as VIOMMU:
+                    hwpt = try makeHWPTNested(on: viommu, flags: flags, userData: userData)
                 default:
-                    throw IOMMUError(.EINVAL, "pt_id \(ptID) is neither an IOAS nor a paging HWPT")
+                    throw IOMMUError(.EINVAL, "pt_id \(ptID) is neither an IOAS, a paging HWPT nor a vIOMMU")
                 }
                 do throws(IOMMUError) {
                     if flags.contains(.faultIDValid) {

@@ -5,8 +5,9 @@
 // HWPT holds its parent (DESTROY of the parent: EBUSY while a nested child exists), and, with
 // IOMMU_HWPT_FAULT_ID_VALID, its FAULT object. Devices attach to it like to any HWPT, and
 // hold it while attached. The user keeps the stage-1 caches coherent with IOMMU_HWPT_INVALIDATE,
-// which the engine hands to the driver's cache_invalidate_user. Nesting on a vIOMMU is not
-// modelled.
+// which the engine hands to the driver's cache_invalidate_user. A nested HWPT allocated with a
+// vIOMMU as pt_id (VIOMMU.swift) holds the vIOMMU instead of the parent, and a device attaches
+// to it only with a vDEVICE on that vIOMMU.
 
 public import UIOMMUBase
 public import IOMMUHardware
@@ -22,14 +23,16 @@ public struct HWPTUserData {
 final class HWPTNested: HWPT {
     let parent: HWPTPaging
     let domain: NestedDomain
+    /// The vIOMMU it was allocated on (which it holds, rather than the parent).
+    let viommu: VIOMMU?
 
-    init(parent: HWPTPaging, domain: NestedDomain, flags: HWPTAllocFlags) {
-        self.parent = parent; self.domain = domain
+    init(parent: HWPTPaging, domain: NestedDomain, flags: HWPTAllocFlags, viommu: VIOMMU? = nil) {
+        self.parent = parent; self.domain = domain; self.viommu = viommu
         super.init(kind: .hwptNested, flags: flags)
     }
 
     override func teardown(_ context: IOMMUFDContext) {
-        parent.holders -= 1
+        if let viommu { viommu.holders -= 1 } else { parent.holders -= 1 }
         releaseFault()
     }
 
@@ -64,11 +67,30 @@ extension IOMMUFDContext {
         return HWPTNested(parent: parent, domain: domain, flags: flags)
     }
 
+    /// iommufd_viommu_alloc_hwpt_nested + the vIOMMU driver's alloc_domain_nested: flags other
+    /// than FAULT_ID_VALID and PASID, or no data, EOPNOTSUPP; the driver gets the flags without
+    /// FAULT_ID_VALID. Holds `viommu`.
+    func makeHWPTNested(on viommu: VIOMMU, flags: HWPTAllocFlags, userData: HWPTUserData?) throws(IOMMUError) -> HWPTNested {
+        guard flags.isSubset(of: [.faultIDValid, .pasid]) else {
+            throw IOMMUError(.EOPNOTSUPP, "flags 0x\(String(flags.rawValue, radix: 16)) are not for a nested HWPT")
+        }
+        guard let userData else { throw IOMMUError(.EOPNOTSUPP, "a nested HWPT needs driver data") }
+        try failures.check("domain.alloc")
+        let domain = try NestedDomain.make(unit: viommu.unit.spec, parent: viommu.parent.domain,
+                                           pasidFlag: flags.contains(.pasid), otherFlags: false,
+                                           config: userData.decode)
+        viommu.holders += 1
+        return HWPTNested(parent: viommu.parent, domain: domain, flags: flags, viommu: viommu)
+    }
+
     /// IOMMU_HWPT_INVALIDATE on object `id`: a nested HWPT passes the requests to its driver
-    /// (`entry(i)` reads request i). Errors: ENOENT (no object), EINVAL (neither a nested HWPT
-    /// nor a vIOMMU), EOPNOTSUPP (a driver without user cache invalidation), and the driver's
-    /// per-request errors with the count done before them.
+    /// (`entry(i)` reads request i), a vIOMMU to its driver (`readAll()` reads the whole array,
+    /// as iommu_copy_struct_from_full_user_array does). Errors: ENOENT (no object), EINVAL
+    /// (neither a nested HWPT nor a vIOMMU), EOPNOTSUPP (a driver without user cache
+    /// invalidation), and the driver's per-request errors with the count done before them.
     public func invalidateHWPT(_ id: UInt32, type: NestedInvalidationType, count: UInt32,
+                               viommuType: VIOMMUInvalidationType = .other(0),
+                               readAll: () throws(IOMMUError) -> [VIOMMUInvalidation] = { [] },
                                entry: (UInt32) throws(IOMMUError) -> NestedInvalidation) -> InvalidationResult {
         lock.withLock { () -> InvalidationResult in
             do throws(IOMMUError) {
@@ -78,6 +100,9 @@ extension IOMMUFDContext {
             }
             guard let object = table.get(id) else {
                 return InvalidationResult(done: 0, error: IOMMUError(.ENOENT, "no object \(id)"))
+            }
+            if let viommu = object as? VIOMMU {
+                return invalidateVIOMMU(viommu, type: viommuType, count: count, read: readAll)
             }
             guard let nested = object as? HWPTNested else {
                 return InvalidationResult(done: 0, error: IOMMUError(.EINVAL, "\(object.kind.rawValue) \(id) is neither a nested HWPT nor a vIOMMU"))

@@ -2,10 +2,12 @@
 //
 // IDs are the lowest free integer from 1 (the kernel's xarray with XA_FLAGS_ALLOC1), so an ID
 // is reused after destroy. Each object counts its long-term holders — other objects or drivers
-// that keep it alive (an HWPT holds its IOAS, a nested HWPT its parent HWPT, a HWPT allocated
-// with IOMMU_HWPT_FAULT_ID_VALID its FAULT, an attached device holds its HWPT, the binding
-// driver holds the DEVICE, a fault queue's descriptor its FAULT). DESTROY works on any kind and
-// gives EBUSY while holders remain.
+// that keep it alive (an HWPT holds its IOAS, a nested HWPT its parent HWPT or its vIOMMU, a
+// HWPT allocated with IOMMU_HWPT_FAULT_ID_VALID its FAULT, an attached device holds its HWPT,
+// the binding driver holds the DEVICE, a fault queue's or vEVENTQ's descriptor its object, a
+// vIOMMU its parent HWPT, a vDEVICE or vEVENTQ its vIOMMU). DESTROY works on any kind and gives
+// EBUSY while holders remain; a tombstone (the ID of a vDEVICE its device's unbind destroyed)
+// gives ENOENT and keeps its ID until the context closes.
 
 public import UIOMMUBase
 
@@ -94,6 +96,13 @@ struct ObjectTable {
     }
 
     func get(_ id: UInt32) -> EngineObject? { objects[id] }
+
+    /// Puts `object` under the ID `id` already has (a tombstone in place of a destroyed object).
+    mutating func replace(_ id: UInt32, with object: EngineObject) {
+        guard objects[id] != nil else { return }
+        object.id = id
+        objects[id] = object
+    }
 
     var isEmpty: Bool { objects.isEmpty }
     var count: Int { objects.count }

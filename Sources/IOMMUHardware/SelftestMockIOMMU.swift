@@ -91,3 +91,100 @@ public extension IOMMUKind {
     /// with a PASID no PASID attachment claims goes to the nested domain of the RID.
     var userPASIDTable: Bool { self == .selftestMock || self == .armSMMUv3 }
 }
+
+// MARK: - The mock's vIOMMU (IOMMU_VIOMMU_TYPE_SELFTEST)
+
+/// The per-device cache of a mock device (the selftest's mock_dev cache entries): every entry
+/// starts at `defaultValue` and a vIOMMU invalidation clears it to 0.
+public final class MockDeviceCache: @unchecked Sendable {
+    /// MOCK_DEV_CACHE_NUM and MOCK_DEV_CACHE_ID_MAX.
+    public static let count = 4
+    public static let idMax: UInt32 = 3
+    /// IOMMU_TEST_DEV_CACHE_DEFAULT.
+    public static let defaultValue: UInt32 = 0xbaddad
+
+    private let lock = Lock()
+    private var entries = Array(repeating: MockDeviceCache.defaultValue, count: MockDeviceCache.count)
+
+    public init() {}
+
+    /// The entries, entry 0 first.
+    public var values: [UInt32] { lock.withLock { entries } }
+
+    /// Clears entry `id`, or all of them.
+    public func invalidate(all: Bool, id: UInt32) {
+        lock.withLock {
+            if all {
+                for k in entries.indices { entries[k] = 0 }
+            } else if Int(id) < entries.count {
+                entries[Int(id)] = 0
+            }
+        }
+    }
+}
+
+/// One request of a vIOMMU cache invalidation, decoded by the ABI layer.
+public enum VIOMMUInvalidation: Hashable, Sendable {
+    /// IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST: `flags` (bit 0: all entries), the vDEVICE's
+    /// virtual ID, the cache entry.
+    case selftest(flags: UInt32, vdevID: UInt32, cacheID: UInt32)
+}
+
+/// The data type of a vIOMMU HWPT_INVALIDATE array, as the driver sees it.
+public enum VIOMMUInvalidationType: Hashable, Sendable {
+    case selftest
+    case other(UInt32)
+}
+
+/// What an IOMMU driver offers for vIOMMUs (get_viommu_size / viommu_init and the vIOMMU
+/// ops). Only the selftest mock has one here.
+public struct VIOMMUDriver: Sendable {
+    /// The vIOMMU type the driver allocates (IOMMU_VIOMMU_TYPE_*).
+    public var type: UInt32
+    /// The vEVENT type its devices report (IOMMU_VEVENTQ_TYPE_*).
+    public var eventType: UInt32
+    /// Bytes of the mmap region viommu_init exports when given driver data (0: none).
+    public var mmapLength: UInt64
+
+    /// The driver of `kind` for vIOMMU type `type`, or nil (EOPNOTSUPP).
+    public static func of(_ kind: IOMMUKind, type: UInt32) -> VIOMMUDriver? {
+        guard kind == .selftestMock, type == MockVIOMMU.type else { return nil }
+        return VIOMMUDriver(type: type, eventType: MockVIOMMU.eventType, mmapLength: MockVIOMMU.mmapLength)
+    }
+}
+
+/// The mock vIOMMU (mock_viommu): a loopback page the user can read back, and cache
+/// invalidation of the devices its vDEVICEs name.
+public enum MockVIOMMU {
+    /// IOMMU_VIOMMU_TYPE_SELFTEST and IOMMU_VEVENTQ_TYPE_SELFTEST.
+    public static let type: UInt32 = 0xdead_beef
+    public static let eventType: UInt32 = 0xbeef_beef
+    /// Two 4 KiB pages.
+    public static let mmapLength: UInt64 = 2 * 4096
+    public static let invalidateAll: UInt32 = 1 << 0
+
+    /// mock_viommu_cache_invalidate over requests the ABI layer already read in full:
+    /// requests in order; unknown flags EOPNOTSUPP, a cache entry past the last or a virtual
+    /// ID without a vDEVICE EINVAL. Returns the count done and the error that stopped it.
+    public static func invalidate(_ requests: [VIOMMUInvalidation],
+                                  cache: (UInt64) -> MockDeviceCache?) -> (done: UInt32, error: IOMMUError?) {
+        var done: UInt32 = 0
+        for request in requests {
+            switch request {
+            case .selftest(let flags, let vdevID, let cacheID):
+                if flags & ~invalidateAll != 0 {
+                    return (done, IOMMUError(.EOPNOTSUPP, "request \(done): unknown flags 0x\(String(flags, radix: 16))"))
+                }
+                if cacheID > MockDeviceCache.idMax {
+                    return (done, IOMMUError(.EINVAL, "request \(done): cache_id \(cacheID) > \(MockDeviceCache.idMax)"))
+                }
+                guard let target = cache(UInt64(vdevID)) else {
+                    return (done, IOMMUError(.EINVAL, "request \(done): no vDEVICE with virtual ID 0x\(String(vdevID, radix: 16))"))
+                }
+                target.invalidate(all: flags & invalidateAll != 0, id: cacheID)
+            }
+            done += 1
+        }
+        return (done, nil)
+    }
+}

@@ -86,7 +86,7 @@ final class ChannelBroker: FileDescriptorBroker, @unchecked Sendable {
         defer { close(received) }
         // A server-side mapping of the client's memfd: the same pages, which outlive the
         // client as pinned pages do.
-        return FileMemory(fd: received)
+        return FileMemory(fd: received, owner: MemoryOwner(pid: channel.pid, uid: channel.uid))
     }
 
     func auxiliaryFile(fd: Int32) -> (any AuxiliaryFile)? {

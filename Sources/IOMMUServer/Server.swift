@@ -172,6 +172,11 @@ public final class IOMMUServer: @unchecked Sendable {
             contexts[ObjectIdentifier(context)] = context
             return context
         }
+        // The kernel's iommufd has no poll method: poll and select always report it readable
+        // and writable. One message queued on the client's end (the client never reads its
+        // connection) makes the socket readable for good.
+        var ready = uiommu_wire_reply()
+        _ = withUnsafeBytes(of: &ready) { uiommu_wire_send(connection, $0.baseAddress, $0.count, nil, 0, -1) }
         if !startThread({ context.serveConnection() }) { context.closeConnection() }
     }
 
@@ -262,8 +267,11 @@ public func queryServerStatus(socketPath: String) -> String? {
     let buffer = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 16)
     defer { buffer.deallocate() }
     var received: Int32 = -1
-    let n = uiommu_wire_receive(fd, buffer, size, &received)
-    if received >= 0 { close(received) }
+    var n = 0
+    repeat {   // skip the readiness message every connection starts with (op 0)
+        n = uiommu_wire_receive(fd, buffer, size, &received)
+        if received >= 0 { close(received) }
+    } while n >= MemoryLayout<uiommu_wire_reply>.size && buffer.load(as: UInt32.self) != UInt32(UIOMMU_WIRE_REPLY.rawValue)
     guard n >= MemoryLayout<uiommu_wire_reply>.size else { return nil }
     let header = MemoryLayout<uiommu_wire_reply>.size
     return String(decoding: UnsafeRawBufferPointer(start: buffer + header, count: n - header), as: UTF8.self)

@@ -27,14 +27,16 @@ public final class FileMemory: PinnableMemory, @unchecked Sendable {
 
     /// Maps the file behind descriptor `fd`. Nil if `fd` is not open (EBADF for the caller) or
     /// is not a shared-memory file (a memfd, tmpfs or hugetlbfs file).
-    public init?(fd: Int32) {
+    /// `owner` is the process the pins are charged to (the mapping process; default: this one,
+    /// a server passes its client).
+    public init?(fd: Int32, owner: MemoryOwner? = nil) {
         var st = stat()
         guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return nil }
         // Only shared-memory files (memfd, tmpfs, hugetlbfs) take seals: F_GET_SEALS is the
         // kernel's own test for "a file MAP_FILE can pin" (EINVAL for anything else).
         let getSeals: Int32 = 1034
         guard fcntl(fd, getSeals) >= 0 else { return nil }
-        owner = MemoryOwner(pid: getpid(), uid: getuid())
+        self.owner = owner ?? MemoryOwner(pid: getpid(), uid: getuid())
         let size = UInt64(max(0, st.st_size))
         fileSize = size
         // tmpfs reports the base page size, hugetlbfs its huge page size.

@@ -122,7 +122,8 @@ struct RunCommand: ParsableCommand {
           --selftest-ops    serve IOMMU_TEST_CMD, as a kernel with CONFIG_IOMMUFD_TEST does
           --shared          keep the iommufd state in a server (started for this run), so that \
         fork, exec and SCM_RIGHTS share it as on Linux (~10-20 µs per ioctl instead of ~0.1 µs)
-          --server PATH     use the server already listening at PATH (`uiommufd serve`)
+          --server PATH     use the server already listening at PATH (`uiommufd serve`); \
+        --shared reuses the one UIOMMUFD_SERVER names, if it answers
           --grant-cap CAPS  treat the program as holding CAP_IPC_LOCK / CAP_SYS_RESOURCE \
         (ipc_lock,sys_resource) in the simulated kernel, for containers that drop them
 
@@ -150,6 +151,12 @@ struct RunCommand: ParsableCommand {
         while let entry = p.pointee { base.append(String(cString: entry)); p += 1 }
         var server: IOMMUServer?
         var socketPath = invocation.server
+        // Reuse the server this environment already names (a program run by a program that
+        // itself runs under `--shared`), if it answers.
+        if invocation.shared && socketPath == nil, let named = getenv("UIOMMUFD_SERVER").map({ String(cString: $0) }),
+           !named.isEmpty, queryServerStatus(socketPath: named) != nil {
+            socketPath = named
+        }
         if invocation.shared && socketPath == nil {
             let started = try Self.startPrivateServer(invocation, workingDirectory: cwd)
             server = started.server

@@ -181,6 +181,18 @@ struct LayoutTests {
         #expect(ABI.HWPTPageResponse.cookie == 0 && ABI.HWPTPageResponse.code == 4)
     }
 
+    @Test func viommuDriverData() {
+        checkLayout(ABI.VIOMMUSelftest.layout, size: 24,
+                    [("in_data", 0, 4), ("out_data", 4, 4), ("out_mmap_offset", 8, 8), ("out_mmap_length", 16, 8)])
+        #expect(ABI.VIOMMUSelftest.minSize == 8)
+        checkLayout(ABI.VIOMMUInvalidateSelftest.layout, size: 12, [("flags", 0, 4), ("vdev_id", 4, 4), ("cache_id", 8, 4)])
+        checkLayout(ABI.VEventHeader.layout, size: 8, [("flags", 0, 4), ("sequence", 4, 4)])
+        checkLayout(ABI.VIOMMUEventSelftest.layout, size: 4, [("virt_id", 0, 4)])
+        #expect(IOMMUConstants.viommuTypeSelftest == 0xdead_beef && IOMMUConstants.veventqTypeSelftest == 0xbeef_beef)
+        #expect(IOMMUConstants.viommuInvalidateDataSelftest == 0xdead_beef)
+        #expect(ABI.TestCmd.TriggerVEvent.devID == 16 && ABI.TestCmd.CheckDevCache.cache == 20)
+    }
+
     @Test func selftestNestingData() {
         checkLayout(ABI.HWPTSelftest.layout, size: 4, [("iotlb", 0, 4)])
         #expect(ABI.HWPTSelftest.minSize == 4)

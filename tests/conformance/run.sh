@@ -64,8 +64,9 @@ for name in "${binaries[@]}"; do
     # device and access objects come from the selftest ops, and the server's leak check
     # after the run must find nothing left.
     cmd=("$uiommufd" run --shared --selftest-ops --leaks -- "$out/$name")
-  elif [ "$name" = t_nested ]; then
-    # The mock device, its nested domain and TRIGGER_IOPF are selftest ops.
+  elif [ "$name" = t_nested ] || [ "$name" = t_viommu ]; then
+    # The mock device, its nested domain, TRIGGER_IOPF / TRIGGER_VEVENT and DEV_CHECK_CACHE
+    # are selftest ops.
     cmd=("$uiommufd" run --selftest-ops -- "$out/$name")
   else
     cmd=("$uiommufd" run -- "$out/$name")

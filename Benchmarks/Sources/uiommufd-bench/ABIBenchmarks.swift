@@ -24,20 +24,27 @@ import IOMMUABI
 /// Median ns of one real ioctl on /dev/null (ENOTTY): B7's reference.
 func realIoctlNS(_ n: Int, fd: Int32) -> Double { Double(cb_ioctl_loop(fd, n)) / Double(n) }
 
+/// Compiles interposer/NAME.c (a plain C program) into a temporary executable and returns its
+/// path (the caller unlinks it).
+func compileInterposerProgram(_ name: String, id: String) throws -> String {
+    let source = (parentDirectory("\(#filePath)") ?? ".") + "/../../interposer/\(name).c"
+    guard access(source, R_OK) == 0 else { throw BenchError("\(id): cannot read \(source)") }
+    let exe = "/tmp/uiommufd-bench-\(name)-\(getpid())"
+    let compile = try shell("cc -O2 -o \(quote(exe)) \(quote(source)) 2>&1")
+    guard compile.status == 0 else { throw BenchError("\(id): cc failed: \(compile.output)") }
+    return exe
+}
+
+/// A word for /bin/sh.
+func quote(_ s: String) -> String { "'" + s.replacingOccurrences("'", "'\\''") + "'" }
+
 /// B7 through the real interposer: compiles interposer/b7_ioctl.c (plain C) and runs it with
 /// LD_PRELOAD=`preload`; it interleaves IOMMU_OPTION get, IOAS_IOVA_RANGES and a real ioctl on
 /// /dev/null per repetition and prints ns per ioctl.
 func runB7Interposer(_ cfg: Config, preload: String) throws -> [ResultRow] {
-    let here = "\(#filePath)"
-    let dir = parentDirectory(here) ?? "."
-    let source = dir + "/../../interposer/b7_ioctl.c"
-    guard access(source, R_OK) == 0 else { throw BenchError("B7: cannot read \(source)") }
     guard access(preload, R_OK) == 0 else { throw BenchError("B7: no preload library at \(preload)") }
-    let exe = "/tmp/uiommufd-bench-b7-\(getpid())"
+    let exe = try compileInterposerProgram("b7_ioctl", id: "B7")
     defer { unlink(exe) }
-    func quote(_ s: String) -> String { "'" + s.replacingOccurrences("'", "'\\''") + "'" }
-    let compile = try shell("cc -O2 -o \(quote(exe)) \(quote(source)) 2>&1")
-    guard compile.status == 0 else { throw BenchError("B7: cc failed: \(compile.output)") }
     let reps = cfg.quick ? 5 : 21
     let n = cfg.quick ? 20_000 : 100_000
     log("B7: IOMMU_OPTION get and IOAS_IOVA_RANGES through LD_PRELOAD=\(preload) vs a real ioctl on /dev/null (\(reps) reps)")
@@ -67,15 +74,9 @@ func runB7Interposer(_ cfg: Config, preload: String) throws -> [ResultRow] {
 /// `uiommufd run --shared`; it interleaves IOMMU_OPTION gets served by the server with round
 /// trips of the same message sizes to a forked echo process over a SOCK_SEQPACKET socketpair.
 func runB14Shared(_ cfg: Config, uiommufd: String) throws -> [ResultRow] {
-    let dir = parentDirectory("\(#filePath)") ?? "."
-    let source = dir + "/../../interposer/b14_shared.c"
-    guard access(source, R_OK) == 0 else { throw BenchError("B14: cannot read \(source)") }
     guard access(uiommufd, X_OK) == 0 else { throw BenchError("B14: no uiommufd at \(uiommufd)") }
-    let exe = "/tmp/uiommufd-bench-b14-\(getpid())"
+    let exe = try compileInterposerProgram("b14_shared", id: "B14")
     defer { unlink(exe) }
-    func quote(_ s: String) -> String { "'" + s.replacingOccurrences("'", "'\\''") + "'" }
-    let compile = try shell("cc -O2 -o \(quote(exe)) \(quote(source)) 2>&1")
-    guard compile.status == 0 else { throw BenchError("B14: cc failed: \(compile.output)") }
     let reps = cfg.quick ? 5 : 21
     let n = cfg.quick ? 2_000 : 20_000
     log("B14: IOMMU_OPTION get through `uiommufd run --shared` vs a plain UNIX-socket round trip (\(reps) reps)")
