@@ -61,6 +61,11 @@ static struct remote_file *files;
 
 static void notify_exit(void);
 
+/* fork while another thread holds the list's lock would leave the child's copy locked forever
+ * (its exit notice takes it). */
+static void files_lock_prepare(void) { pthread_mutex_lock(&files_lock); }
+static void files_lock_release(void) { pthread_mutex_unlock(&files_lock); }
+
 static void read_config(void) {
     const char *path = getenv("UIOMMUFD_SERVER");
     if (!path || !*path || strlen(path) >= sizeof server_address.sun_path) return;
@@ -70,6 +75,7 @@ static void read_config(void) {
     server_address_length = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path) + 1);
     client_mode = 1;
     atexit(notify_exit);
+    pthread_atfork(files_lock_prepare, files_lock_release, files_lock_release);
 }
 
 int client_mode_enabled(void) {
