@@ -13,7 +13,14 @@
 import UIOMMUBase
 import IOMMUEngine
 
-final class FaultQueueFile: AuxiliaryFile, @unchecked Sendable {
+/// An event queue's file (fault queue, vEVENTQ): holds the iommufd while open; `abort` undoes
+/// an allocation whose answer could not be given.
+protocol EventQueueFile: AuxiliaryFile {
+    func retainContext()
+    func abort()
+}
+
+final class FaultQueueFile: EventQueueFile, @unchecked Sendable {
     let iommufd: IOMMUFDFile
     let endpoint: FaultQueueEndpoint
     private let lock = Lock()

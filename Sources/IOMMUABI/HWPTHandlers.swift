@@ -372,20 +372,27 @@ extension Handlers {
         } catch {
             return call.fail(error)
         }
-        let queueFile = FaultQueueFile(iommufd: file, endpoint: endpoint)
+        return installQueue(FaultQueueFile(iommufd: file, endpoint: endpoint), id: endpoint.id,
+                            idField: L.outFaultID, fdField: L.outFaultFD, what: "fault queue", file, &call)
+    }
+
+    /// Hands out the descriptor of a new event queue (fault queue, vEVENTQ) and answers its ID
+    /// and fd. The queue holds the context while its descriptor is open.
+    private static func installQueue(_ queueFile: some EventQueueFile, id: UInt32, idField: Int, fdField: Int,
+                                     what: String, _ file: IOMMUFDFile, _ call: inout IoctlCall) -> Int64 {
         queueFile.retainContext()
         let fd = file.broker.install(queueFile)
         guard fd >= 0 else {
             queueFile.abort()
             queueFile.release()
-            return call.fail(LinuxErrno(rawValue: -fd), "no descriptor for the fault queue")
+            return call.fail(LinuxErrno(rawValue: -fd), "no descriptor for the \(what)")
         }
-        b.set32(L.outFaultID, endpoint.id)
-        b.set32(L.outFaultFD, UInt32(bitPattern: fd))
+        call.bytes.set32(idField, id)
+        call.bytes.set32(fdField, UInt32(bitPattern: fd))
         guard call.respond(file) else {
             // The kernel never installs the descriptor; this one stays open but dead.
             queueFile.abort()
-            return call.fail(.EFAULT, "cannot write out_fault_id / out_fault_fd")
+            return call.fail(.EFAULT, "cannot write the \(what)'s ID and fd")
         }
         return 0
     }
@@ -522,21 +529,8 @@ extension Handlers {
         } catch {
             return call.fail(error)
         }
-        let queueFile = VEventQueueFile(iommufd: file, endpoint: endpoint)
-        queueFile.retainContext()
-        let fd = file.broker.install(queueFile)
-        guard fd >= 0 else {
-            queueFile.abort()
-            queueFile.release()
-            return call.fail(LinuxErrno(rawValue: -fd), "no descriptor for the vEVENTQ")
-        }
-        b.set32(L.outVEventQID, endpoint.id)
-        b.set32(L.outVEventQFD, UInt32(bitPattern: fd))
-        guard call.respond(file) else {
-            queueFile.abort()
-            return call.fail(.EFAULT, "cannot write out_veventq_id / out_veventq_fd")
-        }
-        return 0
+        return installQueue(VEventQueueFile(iommufd: file, endpoint: endpoint), id: endpoint.id,
+                            idField: L.outVEventQID, fdField: L.outVEventQFD, what: "vEVENTQ", file, &call)
     }
 
     /// IOMMU_HW_QUEUE_ALLOC: flags and type (EOPNOTSUPP), length (EINVAL), overflow

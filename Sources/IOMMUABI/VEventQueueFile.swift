@@ -11,7 +11,7 @@
 import UIOMMUBase
 import IOMMUEngine
 
-final class VEventQueueFile: AuxiliaryFile, @unchecked Sendable {
+final class VEventQueueFile: EventQueueFile, @unchecked Sendable {
     let iommufd: IOMMUFDFile
     let endpoint: VEventQueueEndpoint
     private let lock = Lock()
