@@ -21,9 +21,8 @@
 # uiommufd is .build/debug/uiommufd (`swift build`) or $UIOMMUFD. The last line is
 # "N passed, N failed" (the harness's PASS and FAIL counts; SKIPs are listed before it);
 # without the kernel source it prints a SKIP line and "0 passed, 0 failed". Exit status: 0 if
-# nothing failed. Known failures (see README.md beside this script): fork_gone and
-# fork_present (state is per process until `uiommufd serve`), global_options without
-# CAP_SYS_RESOURCE.
+# nothing failed. Known failures (see README.md beside this script): known-failures for the
+# in-process run (fork_gone and fork_present need --shared), known-failures-shared for --shared.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
