@@ -37,7 +37,7 @@ for arg in "$@"; do
   case $arg in
     -v) verbose=1 ;;
     --shared) shared=(--shared) ;;
-    -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) args+=("$arg") ;;
   esac
 done
