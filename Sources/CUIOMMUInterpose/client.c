@@ -366,11 +366,21 @@ static void drain(int fd) {
 
 ssize_t client_aux_rw(struct handle *h, int fd, int op, void *buffer, size_t count) {
     struct remote_aux *aux = h->object;
-    if (count > UIOMMU_WIRE_PAYLOAD_MAX) count = UIOMMU_WIRE_PAYLOAD_MAX;
+    /* A multiple of the fault queue's 40-byte records, as in-process (interpose.c). */
+    if (count > UIOMMU_WIRE_PAYLOAD_MAX) count = UIOMMU_WIRE_PAYLOAD_MAX - UIOMMU_WIRE_PAYLOAD_MAX % 40;
     if (op == 0) {
         struct uiommu_wire_request r = { .op = UIOMMU_WIRE_AUX_READ, .request = aux->id, .argument = count };
         char *bounce = malloc(count ? count : 1);
         if (!bounce) return -ENOMEM;
+        /* The server cannot put events back if the copy to the user fails: with something to
+         * read (our end is readable), check first that the buffer is writable. */
+        struct pollfd ready = { .fd = fd, .events = POLLIN };
+        if (count && poll(&ready, 1, 0) == 1
+            && (uiommu_copy_from_user(bounce, (uint64_t)(uintptr_t)buffer, count) != 0
+                || uiommu_copy_to_user((uint64_t)(uintptr_t)buffer, bounce, count) != 0)) {
+            free(bounce);
+            return -EFAULT;
+        }
         size_t got = 0;
         uint64_t readable = 1;
         int64_t n = call(aux->file_handle, -1, &r, NULL, 0, bounce, count, &got, &readable);

@@ -444,11 +444,27 @@ EXPORT int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event) {
 /* Bounce buffer size for auxiliary reads and writes (records are tens of bytes). */
 #define BOUNCE_MAX (64 * 1024)
 
+/* The most one read of an auxiliary file returns: a multiple of the fault queue's 40-byte
+ * records (the kernel answers ESPIPE to a count that is not one, so the cap must not make one);
+ * a vEVENTQ read takes any count. */
+#define AUX_READ_MAX (40 * 1638)
+
 static ssize_t aux_read(struct handle *h, void *buffer, size_t count) {
     char stack[1024];
-    size_t n = count < BOUNCE_MAX ? count : BOUNCE_MAX;
+    size_t n = count < AUX_READ_MAX ? count : AUX_READ_MAX;
     char *bounce = n <= sizeof stack ? stack : malloc(n);
     if (!bounce) return -ENOMEM;
+    /* The kernel puts events back when the copy to the user fails; once the Swift half has
+     * taken them we could not, so a file with something to read first checks that the buffer
+     * is writable (reading and writing back what is there). */
+    pthread_mutex_lock(&h->lock);
+    int readable = h->signalled;
+    pthread_mutex_unlock(&h->lock);
+    if (readable && (uiommu_copy_from_user(bounce, (uint64_t)(uintptr_t)buffer, n) != 0
+                     || uiommu_copy_to_user((uint64_t)(uintptr_t)buffer, bounce, n) != 0)) {
+        if (bounce != stack) free(bounce);
+        return -EFAULT;
+    }
     int64_t r = uiommu_core_aux_read(h->object, bounce, n);
     if (r > 0 && uiommu_copy_to_user((uint64_t)(uintptr_t)buffer, bounce, (size_t)r) != 0) r = -EFAULT;
     if (bounce != stack) free(bounce);

@@ -188,7 +188,16 @@ TEST(fault_queue_iopf) {
     ASSERT_OK(test_cmd(s.fd, &trig));
     CHECK_EQ(poll(&p, 1, 1000), 1);
     CHECK(p.revents & POLLIN);
-    CHECK_EQ(read(qfd, fault, sizeof fault), sizeof fault[0]);
+    /* A buffer that cannot be written: EFAULT, and the request stays queued. */
+    void *ro = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    EXPECT_ERRNO(EFAULT, read(qfd, ro, sizeof fault[0]));
+    munmap(ro, 4096);
+    /* A large read (a multiple of the record size) returns what is queued. */
+    size_t big = 4096 * sizeof fault[0];
+    struct cf_pgfault *many = malloc(big);
+    CHECK_EQ(read(qfd, many, big), sizeof fault[0]);
+    memcpy(fault, many, sizeof fault[0]);
+    free(many);
     CHECK_EQ(fault[0].flags, 3);                               /* PASID_VALID | LAST_PAGE */
     CHECK_EQ(fault[0].dev_id, s.idev);
     CHECK_EQ(fault[0].pasid, 1);
