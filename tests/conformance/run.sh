@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Builds the C conformance tests and runs each one under `uiommufd run`.
 #
-#   tests/conformance/run.sh [-v] [--kernel] [TEST-NAME-FILTER]
+#   tests/conformance/run.sh [-v] [--kernel | --shared] [TEST-NAME-FILTER]
 #
 #   -v         print every test line (default: a summary per binary, details of failures)
 #   --kernel   run the binaries directly, against the running kernel's /dev/iommu (the same
 #              tests must pass there: they use no project header and no emulator hook)
+#   --shared   run them all with the iommufd served by a server (`uiommufd run --shared`):
+#              the same tests must pass there too (except the VFIO cdev ones, see below)
 #
 # Binaries go to .build-conformance/ (cc -O2 -Wall -Werror -pthread; t_fd and t_passthrough also
 # with -D_FILE_OFFSET_BITS=64 -D_FORTIFY_SOURCE=2). uiommufd is .build/debug/uiommufd (build it
@@ -17,12 +19,13 @@ root=$(cd "$here/../.." && pwd)
 out="$root/.build-conformance"
 cc=${CC:-cc}
 cflags=(-O2 -Wall -Werror -pthread)
-verbose=0 kernel=0 filter=
+verbose=0 kernel=0 shared=0 filter=
 for arg in "$@"; do
   case $arg in
     -v) verbose=1 ;;
     --kernel) kernel=1 ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --shared) shared=1 ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) filter=$arg ;;
   esac
 done
@@ -59,6 +62,11 @@ total_pass=0 total_fail=$build_failed status=0
 for name in "${binaries[@]}"; do
   if [ $kernel = 1 ]; then
     cmd=("$out/$name")
+  elif [ $shared = 1 ]; then
+    # VFIO device files stay in the client process in --shared mode, so a VFIO cdev cannot
+    # bind to the served iommufd yet: t_vfio_dev and t_edu's cdev mode are in-process only.
+    case $name in t_vfio_dev|t_edu) continue ;; esac
+    cmd=("$uiommufd" run --shared --selftest-ops -- "$out/$name")
   elif [ "$name" = t_shared ]; then
     # Several processes share one iommufd: the state lives in a server (--shared), the mock
     # device and access objects come from the selftest ops, and the server's leak check
@@ -82,7 +90,7 @@ for name in "${binaries[@]}"; do
     continue
   fi
   p=${summary%% passed*}; f=${summary#*passed, }; f=${f%% failed}
-  if [ $kernel = 0 ] && [ "$name" = t_shared ] && [ -z "$filter" ]; then
+  if [ $kernel = 0 ] && [ $shared = 0 ] && [ "$name" = t_shared ] && [ -z "$filter" ]; then
     if printf '%s\n' "$log" | grep -q 'leak check of the shared server: no leaks'; then
       p=$((p + 1))
     else
