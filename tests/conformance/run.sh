@@ -7,6 +7,7 @@
 #   --kernel   run the binaries directly, against the running kernel's /dev/iommu (the same
 #              tests must pass there: they use no project header and no emulator hook)
 #
+# t_vfio_dev and t_edu also run a second time with --shared (shown as NAME@shared).
 # Binaries go to .build-conformance/ (cc -O2 -Wall -Werror -pthread; t_fd and t_passthrough also
 # with -D_FILE_OFFSET_BITS=64 -D_FORTIFY_SOURCE=2). uiommufd is .build/debug/uiommufd (build it
 # with `swift build`) or $UIOMMUFD. The last line is "N passed, N failed" over all binaries; the
@@ -22,7 +23,7 @@ for arg in "$@"; do
   case $arg in
     -v) verbose=1 ;;
     --kernel) kernel=1 ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) filter=$arg ;;
   esac
 done
@@ -54,11 +55,22 @@ for src in "$here"/t_*.c; do
   esac
 done
 
+# A second pass of the VFIO cdev tests with --shared: the device files are then served by the
+# server with the iommufd they bind to (seed 002's flow).
+if [ $kernel = 0 ]; then
+  for name in t_vfio_dev t_edu; do
+    [[ " ${binaries[*]} " == *" $name "* ]] && binaries+=("$name@shared")
+  done
+fi
+
 total_pass=0 total_fail=$build_failed status=0
 [ $build_failed = 0 ] || status=1
 for name in "${binaries[@]}"; do
+  bin=${name%@shared}
   if [ $kernel = 1 ]; then
     cmd=("$out/$name")
+  elif [ "$bin" != "$name" ]; then
+    cmd=("$uiommufd" run --shared -- "$out/$bin")
   elif [ "$name" = t_shared ]; then
     # Several processes share one iommufd: the state lives in a server (--shared), the mock
     # device and access objects come from the selftest ops, and the server's leak check
