@@ -19,18 +19,26 @@
  * Auxiliary files (the selftest's access objects, fault queues) are sockets too: the server
  * keeps one end (it sees the last close anywhere as a hang-up) and makes ours readable when
  * the file has something to read, so poll works unchanged; read/write are forwarded.
+ *
+ * VFIO device cdevs (/dev/vfio/devices/vfioN) are served the same way, so that
+ * VFIO_DEVICE_BIND_IOMMUFD can name a served iommufd: the connection's first message says which
+ * device, and the connection is the device's descriptor. ioctls, region reads and writes, and
+ * each access through a BAR mapping (mmio.c keeps its PROT_NONE trap and forwards what it
+ * decodes) are calls on the channel. Group files and /dev/vfio/vfio stay in this process.
  */
 #include "internal.h"
 #include "uiommu_interpose.h"
 #include "uiommu_wire.h"
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/sysmacros.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -43,6 +51,10 @@ struct remote_file {
     ino_t ino;
     int access;               /* O_RDONLY / O_WRONLY / O_RDWR of the open (a socket is always
                                  O_RDWR underneath; F_GETFL and read/write report this) */
+    int device;               /* a VFIO device file (else an iommufd); an adopted descriptor
+                                 learns it from HELLO's reply */
+    off_t position;           /* read/write without an offset (a socket has no file position;
+                                 kept per process) */
     struct remote_file *next; /* all files of this process (for the exit notice) */
 };
 
@@ -137,6 +149,7 @@ static int open_channel(struct remote_file *rf, int fd) {
         ssize_t n = uiommu_wire_receive(pair[0], &reply, sizeof reply, NULL);
         if (n != (ssize_t)sizeof reply || reply.op != UIOMMU_WIRE_REPLY) r = n < 0 ? (int)n : -ECONNRESET;
         else if (reply.result < 0) r = (int)reply.result;
+        else rf->device = reply.aux == 1;
     }
     if (r != 0) { real_close(pair[0]); return r == -EPIPE ? -EBADF : r; }
     /* Out of the way of the program's own low descriptor numbers. */
@@ -253,12 +266,12 @@ static struct handle *attach(int fd, int access) {
     return h;
 }
 
-int client_open(int flags) {
+/* Connects a new connection to the server (the open's flags on the socket); -1 with errno. */
+static int connect_server(int flags) {
     /* The device node's answers (see owned_memfd). */
     if (flags & O_PATH) { errno = ENXIO; return -1; }
     if ((flags & (O_CREAT | O_EXCL)) == (O_CREAT | O_EXCL)) { errno = EEXIST; return -1; }
     if (flags & O_DIRECTORY) { errno = ENOTDIR; return -1; }
-    int saved = errno;
     int type = SOCK_SEQPACKET | ((flags & O_CLOEXEC) ? SOCK_CLOEXEC : 0) | ((flags & O_NONBLOCK) ? SOCK_NONBLOCK : 0);
     int fd = socket(AF_UNIX, type, 0);
     if (fd < 0) return -1;
@@ -269,13 +282,67 @@ int client_open(int flags) {
         errno = e;
         return -1;
     }
-    /* The server greets each connection with one message that stays queued (we never read
-     * the connection), so poll/select see the iommufd readable as the kernel's file without a
-     * poll method is. Wait for it: it also means the server has taken the connection. */
-    struct pollfd greeting = { .fd = fd, .events = POLLIN };
-    while (poll(&greeting, 1, 10000) < 0 && errno == EINTR) {}
-    if (greeting.revents & (POLLHUP | POLLERR)) { real_close(fd); errno = ENODEV; return -1; }
+    return fd;
+}
+
+/* Waits (up to 10 s) for the connection to be readable; 0, or -ENODEV if the server hung up
+ * or did not answer. */
+static int wait_readable(int fd) {
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+    int n;
+    while ((n = poll(&p, 1, 10000)) < 0 && errno == EINTR) {}
+    if (n <= 0 || (p.revents & (POLLHUP | POLLERR)) || !(p.revents & POLLIN)) return -ENODEV;
+    return 0;
+}
+
+/* The connection's first message (IDENTIFY, VFIO_OPEN), sent with the connection's own
+ * descriptor, and its answer, which the server sends on the connection (only we hold it yet).
+ * Readiness messages (op 0) before the answer are consumed; the one the server queues after it
+ * is waited for and left, so the descriptor polls readable. Returns the result (*aux: the
+ * reply's aux) or -errno. */
+static int64_t first_exchange(int fd, const struct uiommu_wire_request *request, uint64_t *aux) {
+    int r = uiommu_wire_send(fd, request, sizeof *request, NULL, 0, fd);
+    if (r != 0) return -ENODEV;
+    for (;;) {
+        if (wait_readable(fd) != 0) return -ENODEV;
+        struct uiommu_wire_reply reply;
+        ssize_t n = uiommu_wire_receive(fd, &reply, sizeof reply, NULL);
+        if (n == -EAGAIN) continue;
+        if (n != (ssize_t)sizeof reply) return -ENODEV;
+        if (reply.op != UIOMMU_WIRE_REPLY) continue;
+        if (reply.result >= 0 && wait_readable(fd) != 0) return -ENODEV;
+        if (aux) *aux = reply.aux;
+        return reply.result;
+    }
+}
+
+int client_open(int flags) {
+    int saved = errno;
+    int fd = connect_server(flags);
+    if (fd < 0) return -1;
+    /* Tell the server which socket is the clients' end of this context, so that a VFIO
+     * device's BIND_IOMMUFD naming it can be recognised. Its answer also means the server has
+     * taken the connection. */
+    struct uiommu_wire_request identify = { .op = UIOMMU_WIRE_IDENTIFY };
+    if (first_exchange(fd, &identify, NULL) < 0) { real_close(fd); errno = ENODEV; return -1; }
     if (!attach(fd, flags & O_ACCMODE)) { real_close(fd); errno = ENOMEM; return -1; }
+    errno = saved;
+    return fd;
+}
+
+int client_vfio_open(unsigned index, int flags, dev_t *rdev) {
+    int saved = errno;
+    int fd = connect_server(flags);
+    if (fd < 0) return -1;
+    struct uiommu_wire_request open_ = { .op = UIOMMU_WIRE_VFIO_OPEN, .request = index, .argument = (uint64_t)(unsigned)flags };
+    uint64_t numbers = 0;
+    int64_t r = first_exchange(fd, &open_, &numbers);
+    if (r < 0) { real_close(fd); errno = r < -4095 ? ENODEV : (int)-r; return -1; }
+    struct handle *h = attach(fd, flags & O_ACCMODE);
+    if (!h) { real_close(fd); errno = ENOMEM; return -1; }
+    ((struct remote_file *)h->object)->device = 1;
+    *rdev = makedev((unsigned)(numbers >> 32), (unsigned)(numbers & 0xffffffffu));
+    h->rdev = *rdev;
     errno = saved;
     return fd;
 }
@@ -299,6 +366,119 @@ int client_adopt(int fd) {
 
 int client_access_mode(struct handle *h) {
     return ((struct remote_file *)h->object)->access;
+}
+
+void *client_vfio_group_claim(unsigned id, int *error) {
+    int fd = connect_server(O_CLOEXEC);
+    if (fd < 0) { *error = errno == ENOENT ? ENODEV : errno; return NULL; }
+    struct uiommu_wire_request claim = { .op = UIOMMU_WIRE_VFIO_GROUP_OPEN, .request = id };
+    int64_t r = first_exchange(fd, &claim, NULL);
+    if (r < 0) { real_close(fd); *error = r < -4095 ? ENODEV : (int)-r; return NULL; }
+    int high = real_fcntl(fd, F_DUPFD_CLOEXEC, (void *)(long)900);
+    if (high >= 0) { real_close(fd); fd = high; }
+    /* A channel now, so that the release can be synchronous (CLOSED) as for the other files. */
+    struct remote_file *rf = remote_file_new(fd, O_RDWR);
+    if (!rf) { real_close(fd); *error = ENOMEM; return NULL; }
+    pthread_mutex_lock(&rf->lock);
+    int e = open_channel(rf, fd);
+    pthread_mutex_unlock(&rf->lock);
+    if (e != 0) { real_close(fd); remote_file_free(rf); *error = -e; return NULL; }
+    return rf;
+}
+
+void client_vfio_group_unclaim(void *claim) {
+    struct remote_file *rf = claim;
+    /* Close the connection first: if that was its last descriptor anywhere, CLOSED finds it
+     * hung up and the server releases the group before answering. */
+    if (is_connection(rf, rf->connection_hint)) real_close(rf->connection_hint);
+    client_release(rf);
+}
+
+int client_is_device(struct handle *h) {
+    return ((struct remote_file *)h->object)->device;
+}
+
+/* ---- VFIO device files ------------------------------------------------------------------------ */
+
+#define RW_CHUNK UIOMMU_WIRE_PAYLOAD_MAX
+
+ssize_t client_vfio_rw(struct handle *h, int fd, int op, const struct iovec *iov, int iovcnt, off_t offset) {
+    struct remote_file *rf = h->object;
+    if (iovcnt < 0 || iovcnt > IOV_MAX) return -EINVAL;
+    int positioned = offset >= 0;
+    off_t pos = positioned ? offset : rf->position;
+    ssize_t total = 0;
+    char *bounce = malloc(RW_CHUNK);
+    if (!bounce) return -ENOMEM;
+    for (int i = 0; i < iovcnt; i++) {
+        size_t left = iov[i].iov_len;
+        char *user = iov[i].iov_base;
+        while (left > 0) {
+            size_t n = left < RW_CHUNK ? left : RW_CHUNK;
+            int64_t r;
+            if (op == 1) {
+                if (uiommu_copy_from_user(bounce, (uint64_t)(uintptr_t)user, n) != 0) {
+                    r = -EFAULT;
+                } else {
+                    struct uiommu_wire_request q = { .op = UIOMMU_WIRE_VFIO_RW, .length = (uint32_t)n, .request = 1,
+                                                     .argument = (uint64_t)(pos + total) };
+                    r = call(h, fd, &q, bounce, n, NULL, 0, NULL, NULL);
+                }
+            } else {
+                struct uiommu_wire_request q = { .op = UIOMMU_WIRE_VFIO_RW, .request = 0,
+                                                 .argument = (uint64_t)(pos + total), .value = (int64_t)n };
+                size_t got = 0;
+                r = call(h, fd, &q, NULL, 0, bounce, n, &got, NULL);
+                if (r > (int64_t)got) r = (int64_t)got;   /* never more than arrived */
+                if (r > 0 && uiommu_copy_to_user((uint64_t)(uintptr_t)user, bounce, (size_t)r) != 0) r = -EFAULT;
+            }
+            if (r < 0) {
+                if (total == 0) { free(bounce); return (ssize_t)r; }
+                goto done;
+            }
+            total += r;
+            if ((size_t)r < n) goto done;
+            left -= n;
+            user += n;
+        }
+    }
+done:
+    free(bounce);
+    if (!positioned && total > 0) rf->position = pos + total;
+    return total;
+}
+
+int64_t client_vfio_mmap(struct handle *h, int fd, size_t length, int shared, off_t offset, int32_t *bar, uint64_t *start) {
+    struct uiommu_wire_request q = { .op = UIOMMU_WIRE_VFIO_MMAP, .request = length, .argument = (uint64_t)offset,
+                                     .value = shared ? 1 : 0 };
+    uint64_t aux = 0;
+    int64_t r = call(h, fd, &q, NULL, 0, NULL, 0, NULL, &aux);
+    if (r < 0) return r;
+    if (r > 5) return -EIO;   /* a BAR index is 0-5 */
+    *bar = (int32_t)r;
+    *start = aux;
+    return 0;
+}
+
+uint64_t client_vfio_mmio(struct handle *h, int32_t bar, uint64_t offset, int32_t width, int32_t write, uint64_t value) {
+    struct uiommu_wire_request q = { .op = UIOMMU_WIRE_VFIO_MMIO,
+                                     .request = (uint64_t)(uint32_t)bar | (uint64_t)(uint32_t)width << 8 | (uint64_t)(write ? 1 : 0) << 16,
+                                     .argument = offset, .value = (int64_t)value };
+    uint64_t aux = 0;
+    int64_t r = call(h, -1, &q, NULL, 0, NULL, 0, NULL, &aux);
+    /* A load that failed (the server gone) reads all ones, as a master abort. */
+    if (r < 0) return write ? 0 : ~(uint64_t)0;
+    return aux;
+}
+
+int client_vfio_map_retain(struct handle *h, int fd) {
+    struct uiommu_wire_request q = { .op = UIOMMU_WIRE_VFIO_MAP_RETAIN };
+    return (int)call(h, fd, &q, NULL, 0, NULL, 0, NULL, NULL);
+}
+
+void client_vfio_map_release(struct handle *h) {
+    struct uiommu_wire_request q = { .op = UIOMMU_WIRE_VFIO_MAP_RELEASE };
+    (void)call(h, -1, &q, NULL, 0, NULL, 0, NULL, NULL);
 }
 
 void client_release(void *object) {

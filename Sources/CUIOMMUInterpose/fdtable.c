@@ -188,6 +188,7 @@ struct handle *handle_new(int kind, void *object) {
     h->object = object;
     h->signal_fd = -1;
     h->signalled = 0;
+    h->claim = NULL;
     h->dev = 0;
     h->ino = 0;
     h->rdev = 0;
@@ -229,6 +230,7 @@ static void finish_release(struct handle *h) {
         uiommu_core_release(h->object);
     } else if (h->kind == HANDLE_VFIO_DEVICE || h->kind == HANDLE_VFIO_GROUP) {
         vfio_release_object(h);
+        if (h->claim) { client_vfio_group_unclaim(h->claim); h->claim = NULL; }
     } else {
         uiommu_core_aux_release(h->object);
         pthread_mutex_lock(&h->lock);

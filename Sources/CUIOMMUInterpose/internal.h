@@ -75,6 +75,9 @@ struct handle {
     ino_t ino;
     /* The character device fstat reports (0: /dev/iommu's); see vfio.c. */
     dev_t rdev;
+    /* Group files in client mode: the server connection that holds the group open there, so
+     * that served device cdevs and this group exclude each other as on Linux (-1: none). */
+    void *claim;
     struct handle *next;   /* free list / deferred-release list */
 };
 
@@ -163,7 +166,27 @@ HIDDEN void client_release(void *object);
 /* The access mode (O_ACCMODE bits) the program opened a served iommufd with. */
 HIDDEN int client_access_mode(struct handle *h);
 HIDDEN void client_aux_release(void *object);
+/* open("/dev/vfio/devices/vfio<index>") in client mode: a connected socket (its character
+ * device numbers in *rdev), or -1 with errno. */
+HIDDEN int client_vfio_open(unsigned index, int flags, dev_t *rdev);
+/* In client mode, holds group `id` open in the server until client_vfio_group_unclaim (a
+ * connection, close-on-exec and out of the program's way); NULL with *error (EBUSY: a device of
+ * the group is bound through its served cdev). */
+HIDDEN void *client_vfio_group_claim(unsigned id, int *error);
+HIDDEN void client_vfio_group_unclaim(void *claim);
+/* Whether a HANDLE_REMOTE file is a VFIO device (else an iommufd). */
+HIDDEN int client_is_device(struct handle *h);
+/* read/write family of a served device file, at `offset` (or the per-process position if < 0). */
+HIDDEN ssize_t client_vfio_rw(struct handle *h, int fd, int op, const struct iovec *iov, int iovcnt, off_t offset);
+/* vfio_pci_core_mmap's checks: 0 with *bar and *start, or -errno. */
+HIDDEN int64_t client_vfio_mmap(struct handle *h, int fd, size_t length, int shared, off_t offset, int32_t *bar, uint64_t *start);
+/* One access through a BAR mapping (a load's value; all ones if the server is gone). */
+HIDDEN uint64_t client_vfio_mmio(struct handle *h, int32_t bar, uint64_t offset, int32_t width, int32_t write, uint64_t value);
+/* A mapping piece takes / drops its reference on the served file. */
+HIDDEN int client_vfio_map_retain(struct handle *h, int fd);
+HIDDEN void client_vfio_map_release(struct handle *h);
 
 /* ---- mmio.c: BAR mappings ------------------------------------------------------------------ */
-HIDDEN void *mmio_map(struct handle *h, void *addr, size_t length, int prot, int flags, off_t offset);
+/* mmap of a device file: in-process (HANDLE_VFIO_DEVICE) or served (HANDLE_REMOTE, descriptor `fd`). */
+HIDDEN void *mmio_map(struct handle *h, int fd, void *addr, size_t length, int prot, int flags, off_t offset);
 #endif

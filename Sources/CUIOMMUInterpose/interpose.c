@@ -134,6 +134,12 @@ static int open_virtual(int dirfd, const char *path, int flags, mode_t mode) {
     unsigned index = 0;
     int kind = vfio_node_kind(path, &index);
     if (kind == 1) return open_iommufd_variant(flags, 1);
+    if (kind == 2 && client_mode_enabled()) {
+        /* A device cdev is served with the iommufd it binds to (group files and the container
+         * stay in this process). */
+        dev_t rdev;
+        return client_vfio_open(index, flags, &rdev);
+    }
     if (kind >= 2) return vfio_open_node(kind, index, flags);
     char buffer[PATH_MAX];
     return real_openat(dirfd, sysfs_rewrite(path, buffer, sizeof buffer), flags, mode);
@@ -505,6 +511,13 @@ static ssize_t owned_rw(int fd, int op, int positioned, off_t position, const st
         *handled = 0;
         return 0;
     }
+    if (h->kind == HANDLE_REMOTE && client_is_device(h)) {
+        r = client_vfio_rw(h, fd, op, iov, iovcnt, positioned ? position : -1);
+        gate_exit();
+        if (r < 0) { errno = (int)-r; return -1; }
+        errno = saved;
+        return r;
+    }
     if (h->kind == HANDLE_IOMMUFD || h->kind == HANDLE_REMOTE) {
         /* vfs_read/vfs_write: EBADF without the access mode, EINVAL without a method. */
         int access = h->kind == HANDLE_REMOTE ? client_access_mode(h) : real_fcntl(fd, F_GETFL, NULL) & O_ACCMODE;
@@ -638,7 +651,7 @@ static void *owned_mmap(void *addr, size_t length, int prot, int flags, int fd, 
     gate_enter();
     struct handle *h = slot_get(fd);
     if (h && h->kind == HANDLE_VFIO_DEVICE && iommufd_slot_is_current(fd, h)) {
-        void *p = mmio_map(h, addr, length, prot, flags, offset);
+        void *p = mmio_map(h, fd, addr, length, prot, flags, offset);
         gate_exit();
         if (p != MAP_FAILED) errno = saved;
         return p;
@@ -647,6 +660,12 @@ static void *owned_mmap(void *addr, size_t length, int prot, int flags, int fd, 
         gate_exit();
         errno = ENODEV;
         return MAP_FAILED;
+    }
+    if (h && h->kind == HANDLE_REMOTE && client_is_device(h) && iommufd_slot_is_current(fd, h)) {
+        void *p = mmio_map(h, fd, addr, length, prot, flags, offset);
+        gate_exit();
+        if (p != MAP_FAILED) errno = saved;
+        return p;
     }
     if (h && h->kind == HANDLE_REMOTE && iommufd_slot_is_current(fd, h)) {
         /* No mmap regions are served yet (the vIOMMU's is future work). */

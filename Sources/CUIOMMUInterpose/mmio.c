@@ -24,6 +24,11 @@
  * that installs its own SIGSEGV handler afterwards must chain to ours for BAR mappings to work.
  * munmap is interposed to forget mappings (the mapping holds a reference to the device file, as
  * the kernel's vma does). fork keeps the mappings (the child has its own copy of the device).
+ *
+ * In client mode a device file is served by the server (client.c): the mapping then holds a
+ * reference on the descriptor's handle here (so its channel outlives a close of the descriptor)
+ * and one on the server's file (VFIO_MAP_RETAIN), and each decoded access is a call. A forked
+ * child's inherited mappings reach the same served device but hold no reference of their own.
  */
 #include "internal.h"
 #include "vfio_core.h"
@@ -42,7 +47,8 @@
 
 struct mapping {
     uintptr_t start, end;
-    void *object;
+    void *object;          /* the Swift file box, or (remote) the client handle */
+    int remote;
     int bar;
     uint64_t bar_offset;   /* BAR offset of `start` */
     int prot;
@@ -54,6 +60,26 @@ static atomic_int any_mapping;
 static pthread_rwlock_t mappings_lock = PTHREAD_RWLOCK_INITIALIZER;
 static struct sigaction previous_segv;
 static pthread_once_t handler_once = PTHREAD_ONCE_INIT;
+
+/* The mapping's reference on its file, taken for a new piece (a split). */
+static void mapping_retain(const struct mapping *m) {
+    if (!m->remote) { uiommu_core_vfio_retain(m->object); return; }
+    struct handle *h = m->object;
+    if (handle_ref_if_alive(h)) (void)client_vfio_map_retain(h, -1);
+}
+
+/* Drops the reference of a mapping that went away (outside the table's lock). */
+static void mapping_release(const struct mapping *m) {
+    if (!m->remote) { uiommu_core_vfio_release(m->object, HANDLE_VFIO_DEVICE); return; }
+    struct handle *h = m->object;
+    client_vfio_map_release(h);
+    handle_unref(h);
+}
+
+static uint64_t mapping_access(const struct mapping *m, uint64_t offset, int width, int write, uint64_t value) {
+    if (m->remote) return client_vfio_mmio(m->object, m->bar, offset, width, write, value);
+    return uiommu_core_vfio_mmio(m->object, m->bar, offset, width, write, value);
+}
 
 long uiommu_mmio_mappings(void) {
     pthread_rwlock_rdlock(&mappings_lock);
@@ -276,31 +302,31 @@ static int emulate(uintptr_t address, ucontext_t *uc) {
     gate_enter();
     if (a.form == F_STORE) {
         uint64_t v = a.immediate ? a.imm : get_reg(uc, &a);
-        uiommu_core_vfio_mmio(m.object, m.bar, offset, a.width, 1, v & mask);
+        mapping_access(&m, offset, a.width, 1, v & mask);
     } else if (a.form == F_LOAD) {
-        set_reg(uc, &a, uiommu_core_vfio_mmio(m.object, m.bar, offset, a.width, 0, 0) & mask);
+        set_reg(uc, &a, mapping_access(&m, offset, a.width, 0, 0) & mask);
     } else if (a.form == F_XCHG) {
-        uint64_t old = uiommu_core_vfio_mmio(m.object, m.bar, offset, a.width, 0, 0) & mask;
-        uiommu_core_vfio_mmio(m.object, m.bar, offset, a.width, 1, get_reg(uc, &a) & mask);
+        uint64_t old = mapping_access(&m, offset, a.width, 0, 0) & mask;
+        mapping_access(&m, offset, a.width, 1, get_reg(uc, &a) & mask);
         set_reg(uc, &a, old);
     } else if (a.form == F_BT) {
-        uint64_t mem = uiommu_core_vfio_mmio(m.object, m.bar, offset, a.width, 0, 0) & mask;
+        uint64_t mem = mapping_access(&m, offset, a.width, 0, 0) & mask;
         uint64_t bit = 1ULL << a.imm;
         greg_t *efl = &uc->uc_mcontext.gregs[REG_EFL];
         *efl = (greg_t)(((uint64_t)*efl & ~(uint64_t)FLAG_CF) | ((mem & bit) ? FLAG_CF : 0));
         if (a.alu != 4) {
             uint64_t v = a.alu == 5 ? mem | bit : a.alu == 6 ? mem & ~bit : mem ^ bit;
-            uiommu_core_vfio_mmio(m.object, m.bar, offset, a.width, 1, v);
+            mapping_access(&m, offset, a.width, 1, v);
         }
     } else {
-        uint64_t mem = uiommu_core_vfio_mmio(m.object, m.bar, offset, a.width, 0, 0) & mask;
+        uint64_t mem = mapping_access(&m, offset, a.width, 0, 0) & mask;
         uint64_t other = a.immediate ? a.imm : (a.alu == ALU_INC || a.alu == ALU_DEC) ? 0 : get_reg(uc, &a);
         uint64_t flags = (uint64_t)uc->uc_mcontext.gregs[REG_EFL], out_flags;
         uint64_t result = a.mem_dest ? alu(a.alu, a.width, mem, other, flags, &out_flags)
                                      : alu(a.alu, a.width, other, mem, flags, &out_flags);
         uc->uc_mcontext.gregs[REG_EFL] = (greg_t)out_flags;
         if (a.alu != ALU_CMP && a.alu != ALU_TEST) {
-            if (a.mem_dest) uiommu_core_vfio_mmio(m.object, m.bar, offset, a.width, 1, result);
+            if (a.mem_dest) mapping_access(&m, offset, a.width, 1, result);
             else set_reg(uc, &a, result);
         }
     }
@@ -343,7 +369,7 @@ static void install_handler(void) {
 
 /* Removes [start, end) from the table; the objects of mappings that went away are returned in
  * `dropped` (at most `max`), to be released outside the lock. Call with the lock held. */
-static int forget_range(uintptr_t start, uintptr_t end, void **dropped, int max) {
+static int forget_range(uintptr_t start, uintptr_t end, struct mapping *dropped, int max) {
     int n = 0;
     for (int i = 0; i < mapping_count; ) {
         struct mapping *m = &mappings[i];
@@ -355,7 +381,7 @@ static int forget_range(uintptr_t start, uintptr_t end, void **dropped, int max)
                 tail.bar_offset += end - m->start;
                 tail.start = end;
                 mappings[mapping_count++] = tail;
-                uiommu_core_vfio_retain(m->object);
+                mapping_retain(m);
             }
             m->end = start;
             i++;
@@ -363,43 +389,55 @@ static int forget_range(uintptr_t start, uintptr_t end, void **dropped, int max)
         }
         if (m->start < start) { m->end = start; i++; continue; }
         if (m->end > end) { m->bar_offset += end - m->start; m->start = end; i++; continue; }
-        if (n < max) dropped[n++] = m->object;
+        if (n < max) dropped[n++] = *m;
         mappings[i] = mappings[--mapping_count];
     }
     atomic_store_explicit(&any_mapping, mapping_count > 0, memory_order_release);
     return n;
 }
 
-void *mmio_map(struct handle *h, void *addr, size_t length, int prot, int flags, off_t offset) {
+void *mmio_map(struct handle *h, int fd, void *addr, size_t length, int prot, int flags, off_t offset) {
 #if !defined(__x86_64__)
-    (void)h; (void)addr; (void)length; (void)prot; (void)flags; (void)offset;
+    (void)h; (void)fd; (void)addr; (void)length; (void)prot; (void)flags; (void)offset;
     errno = ENODEV;
     return MAP_FAILED;
 #else
     if (length == 0 || (offset & 4095)) { errno = EINVAL; return MAP_FAILED; }
     int32_t bar = 0;
     uint64_t start = 0;
-    int64_t r = uiommu_core_vfio_mmap(h->object, length, (flags & MAP_SHARED) != 0, offset, &bar, &start);
+    int remote = h->kind == HANDLE_REMOTE;
+    int64_t r = remote ? client_vfio_mmap(h, fd, length, (flags & MAP_SHARED) != 0, offset, &bar, &start)
+                       : uiommu_core_vfio_mmap(h->object, length, (flags & MAP_SHARED) != 0, offset, &bar, &start);
     if (r < 0) { errno = (int)-r; return MAP_FAILED; }
     size_t rounded = (length + 4095) & ~(size_t)4095;
     void *p = real_mmap(addr, rounded, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE
                         | (flags & (MAP_FIXED | MAP_FIXED_NOREPLACE)), -1, 0);
     if (p == MAP_FAILED) return MAP_FAILED;
     pthread_once(&handler_once, install_handler);
-    void *dropped[8];
+    if (remote) {
+        /* The references first (a call), outside the table's lock. */
+        if (!handle_ref_if_alive(h)) { syscall(SYS_munmap, p, rounded); errno = EBADF; return MAP_FAILED; }
+        int e = client_vfio_map_retain(h, fd);
+        if (e < 0) { handle_unref(h); syscall(SYS_munmap, p, rounded); errno = -e; return MAP_FAILED; }
+    } else {
+        uiommu_core_vfio_retain(h->object);
+    }
+    struct mapping made = { (uintptr_t)p, (uintptr_t)p + rounded, remote ? (void *)h : h->object, remote, bar, start, prot };
+    struct mapping dropped[8];
     pthread_rwlock_wrlock(&mappings_lock);
     int n = forget_range((uintptr_t)p, (uintptr_t)p + rounded, dropped, 8);
     if (mapping_count == MAX_MAPPINGS) {
         pthread_rwlock_unlock(&mappings_lock);
-        munmap(p, rounded);
+        for (int i = 0; i < n; i++) mapping_release(&dropped[i]);
+        mapping_release(&made);
+        syscall(SYS_munmap, p, rounded);
         errno = ENOMEM;
         return MAP_FAILED;
     }
-    uiommu_core_vfio_retain(h->object);
-    mappings[mapping_count++] = (struct mapping){ (uintptr_t)p, (uintptr_t)p + rounded, h->object, bar, start, prot };
+    mappings[mapping_count++] = made;
     atomic_store_explicit(&any_mapping, 1, memory_order_release);
     pthread_rwlock_unlock(&mappings_lock);
-    for (int i = 0; i < n; i++) uiommu_core_vfio_release(dropped[i], HANDLE_VFIO_DEVICE);
+    for (int i = 0; i < n; i++) mapping_release(&dropped[i]);
     return p;
 #endif
 }
@@ -408,13 +446,13 @@ EXPORT int munmap(void *addr, size_t length) {
     int r = (int)syscall(SYS_munmap, addr, length);
     if (r != 0 || !atomic_load_explicit(&any_mapping, memory_order_acquire)) return r;
     int saved = errno;
-    void *dropped[MAX_MAPPINGS];
+    struct mapping dropped[MAX_MAPPINGS];
     uintptr_t start = (uintptr_t)addr, end = start + ((length + 4095) & ~(size_t)4095);
     gate_enter();
     pthread_rwlock_wrlock(&mappings_lock);
     int n = forget_range(start, end, dropped, MAX_MAPPINGS);
     pthread_rwlock_unlock(&mappings_lock);
-    for (int i = 0; i < n; i++) uiommu_core_vfio_release(dropped[i], HANDLE_VFIO_DEVICE);
+    for (int i = 0; i < n; i++) mapping_release(&dropped[i]);
     gate_exit();
     errno = saved;
     return r;

@@ -83,6 +83,20 @@ int vfio_open_node(int kind, unsigned index, int flags) {
     if (!object) return fail_errno(error > 0 ? error : ENODEV);
     int fd = install_vfio(object, kind == 2 ? HANDLE_VFIO_DEVICE : HANDLE_VFIO_GROUP, flags, maj, min);
     if (fd < 0) return fail_errno(-fd);
+    if (kind == 3 && client_mode_enabled()) {
+        /* Device cdevs are served by the server, the group file is ours: the server must know
+         * the group is open (a cdev bind is then EBUSY, and the open is EBUSY while one is
+         * bound). */
+        int error = 0;
+        void *claim = client_vfio_group_claim(index, &error);
+        struct handle *h = claim ? slot_get(fd) : NULL;
+        if (!h) {
+            if (claim) client_vfio_group_unclaim(claim);
+            close(fd);   /* the interposed close: releases the group file */
+            return fail_errno(claim ? EBADF : error);
+        }
+        h->claim = claim;
+    }
     errno = saved;
     return fd;
 }

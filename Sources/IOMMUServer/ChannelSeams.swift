@@ -74,8 +74,8 @@ final class ChannelUserMemory: UserMemoryAccess, @unchecked Sendable {
 
 /// Descriptors in the client, through call-backs on the channel.
 final class ChannelBroker: FileDescriptorBroker, @unchecked Sendable {
-    unowned let channel: Channel
-    init(channel: Channel) { self.channel = channel }
+    unowned let channel: ContextChannel
+    init(channel: ContextChannel) { self.channel = channel }
 
     func install(_ file: any AuxiliaryFile) -> Int32 {
         channel.installAuxiliary(file)

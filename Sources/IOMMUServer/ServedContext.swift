@@ -44,6 +44,16 @@ final class ServedContext: @unchecked Sendable {
     /// The process that opened the connection.
     let openerPID: Int32
 
+    /// (st_dev, st_ino) of the clients' end of the connection, from IDENTIFY: how a descriptor
+    /// a client names in VFIO_DEVICE_BIND_IOMMUFD is recognised as this context.
+    var identity: (dev: UInt64, ino: UInt64)? {
+        get { lock.withLock { identityStorage } }
+        set { lock.withLock { identityStorage = newValue } }
+    }
+    private var identityStorage: (dev: UInt64, ino: UInt64)?
+    /// False once a VFIO device took the connection over (VFIO_OPEN).
+    private var ownsConnection = true
+
     private let lock = Lock()
     private var auxiliaries: [UInt64: ServedAuxiliary] = [:]
     private var nextAuxiliaryID: UInt64 = 1
@@ -57,19 +67,43 @@ final class ServedContext: @unchecked Sendable {
     // MARK: The connection
 
     /// Reads the connection until every client descriptor of it is closed: HELLO attaches a
-    /// channel, STATUS answers on the connection itself (tools), anything else is ignored.
+    /// channel, STATUS answers on the connection itself (tools), IDENTIFY records the clients'
+    /// end, VFIO_OPEN as the first message hands the connection to a VFIO device file, anything
+    /// else is ignored.
     func serveConnection() {
         var header = uiommu_wire_request()
         let size = MemoryLayout<uiommu_wire_request>.size
+        var first = true
         while true {
             var received: Int32 = -1
             let n = withUnsafeMutableBytes(of: &header) { uiommu_wire_receive(connection, $0.baseAddress, size, &received) }
             if n <= 0 && n != -Int(EMSGSIZE) { break }
+            defer { first = false }
             if n == size && header.op == UInt32(UIOMMU_WIRE_HELLO.rawValue) && received >= 0 {
                 attachChannel(received)
             } else if n == size && header.op == UInt32(UIOMMU_WIRE_STATUS.rawValue) {
                 if received >= 0 { close(received) }
                 server.sendStatus(on: connection)
+            } else if n == size && first && header.op == UInt32(UIOMMU_WIRE_IDENTIFY.rawValue) {
+                identify(received)
+            } else if n == size && first && header.op == UInt32(UIOMMU_WIRE_VFIO_OPEN.rawValue) {
+                if received >= 0 { close(received) }
+                // The server could not know at accept which file the connection opens; the
+                // context made then has no objects and goes away unseen.
+                // Either way the connection is no iommufd: the context goes (a failed open's
+                // connection is closed with it, after the answer).
+                let device = server.openDevice(connection: connection, index: header.request, flags: header.argument)
+                if device != nil { lock.withLock { ownsConnection = false } }
+                closeConnection(handedOff: true)
+                device?.serveConnection()
+                return
+            } else if n == size && first && header.op == UInt32(UIOMMU_WIRE_VFIO_GROUP_OPEN.rawValue) {
+                if received >= 0 { close(received) }
+                let group = server.holdGroup(connection: connection, id: header.request)
+                if group != nil { lock.withLock { ownsConnection = false } }
+                closeConnection(handedOff: true)
+                if let group { server.serveGroupHold(connection: connection, group) }
+                return
             } else if received >= 0 {
                 close(received)
             }
@@ -77,9 +111,22 @@ final class ServedContext: @unchecked Sendable {
         closeConnection()
     }
 
+    private func identify(_ received: Int32) {
+        var result: Int64 = -Int64(EINVAL)
+        if received >= 0 {
+            var st = stat()
+            if fstat(received, &st) == 0 && st.st_mode & S_IFMT == S_IFSOCK
+                && server.claimIdentity(dev: UInt64(st.st_dev), ino: UInt64(st.st_ino), for: self) {
+                result = 0
+            }
+            close(received)
+        }
+        server.answerFirst(on: connection, result)
+    }
+
     /// The last client descriptor of the connection is closed: drop the descriptors' hold on
     /// the context (iommufd_fops_release). Idempotent.
-    func closeConnection() {
+    func closeConnection(handedOff: Bool = false) {
         let first = lock.withLock { () -> Bool in
             if connectionClosed { return false }
             connectionClosed = true
@@ -87,32 +134,15 @@ final class ServedContext: @unchecked Sendable {
         }
         guard first else { return }
         file.release()
-        server.contextClosed(self)
+        server.contextClosed(self, handedOff: handedOff)
         // The connection descriptor itself is closed when the context object goes (deinit),
         // so its number cannot be reused while the reader thread may still look at it.
     }
 
-    deinit { close(connection) }
+    deinit { if ownsConnection { close(connection) } }
 
     private func attachChannel(_ fd: Int32) {
-        var pid: Int32 = 0, uid: UInt32 = 0, gid: UInt32 = 0
-        guard uiommu_wire_peer(fd, &pid, &uid, &gid) == 0, pid > 0 else {
-            close(fd)
-            return
-        }
-        let channel: Channel
-        do throws(IOMMUError) {
-            channel = try Channel(fd: fd, pid: pid, uid: uid, context: self)
-        } catch {
-            // The process is already gone, or we may not reach its memory.
-            var reply = uiommu_wire_reply()
-            reply.op = UInt32(UIOMMU_WIRE_REPLY.rawValue)
-            reply.result = -Int64(error.errno.rawValue)
-            _ = withUnsafeBytes(of: &reply) { uiommu_wire_send(fd, $0.baseAddress, $0.count, nil, 0, -1) }
-            close(fd)
-            return
-        }
-        if !startThread({ channel.serve() }) { close(fd) }
+        startChannel(fd) { (pid, uid) throws(IOMMUError) in try ContextChannel(fd: fd, pid: pid, uid: uid, context: self) }
     }
 
     // MARK: Auxiliary files
@@ -165,4 +195,28 @@ final class ServedContext: @unchecked Sendable {
 
     /// Everything still alive, for the status report.
     var objectLines: [String] { file.context.objects().map { "\($0)" } }
+}
+
+/// Starts serving channel `fd` (its server end, received with HELLO) made by `make` from the
+/// process the kernel says created it; a failure is answered on the channel and closes it.
+func startChannel(_ fd: Int32, _ make: (Int32, UInt32) throws(IOMMUError) -> Channel) {
+    var pid: Int32 = 0, uid: UInt32 = 0, gid: UInt32 = 0
+    guard uiommu_wire_peer(fd, &pid, &uid, &gid) == 0, pid > 0 else {
+        close(fd)
+        return
+    }
+    let channel: Channel
+    do throws(IOMMUError) {
+        channel = try make(pid, uid)
+    } catch {
+        // The process is already gone, or we may not reach its memory.
+        var reply = uiommu_wire_reply()
+        reply.op = UInt32(UIOMMU_WIRE_REPLY.rawValue)
+        reply.result = -Int64(error.errno.rawValue)
+        _ = withUnsafeBytes(of: &reply) { uiommu_wire_send(fd, $0.baseAddress, $0.count, nil, 0, -1) }
+        close(fd)
+        return
+    }
+    // The channel owns `fd` now (closed with it).
+    _ = startThread({ channel.serve() })
 }

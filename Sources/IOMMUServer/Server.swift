@@ -180,8 +180,123 @@ public final class IOMMUServer: @unchecked Sendable {
         if !startThread({ context.serveConnection() }) { context.closeConnection() }
     }
 
-    func contextClosed(_ context: ServedContext) {
-        _ = lock.withLock { contexts.removeValue(forKey: ObjectIdentifier(context)) }
+    func contextClosed(_ context: ServedContext, handedOff: Bool = false) {
+        lock.withLock {
+            contexts.removeValue(forKey: ObjectIdentifier(context))
+            if handedOff { openedTotal -= 1 }   // it was a VFIO device all along
+        }
+    }
+
+    /// Records `context`'s client end (IDENTIFY). The first claim of an identity wins, and a
+    /// context claims once: the opener sends IDENTIFY before its open() returns, so no other
+    /// process can hold that descriptor yet.
+    func claimIdentity(dev: UInt64, ino: UInt64, for context: ServedContext) -> Bool {
+        lock.withLock {
+            guard context.identity == nil,
+                  !contexts.values.contains(where: { $0.identity.map { $0 == (dev, ino) } ?? false }) else { return false }
+            context.identity = (dev, ino)
+            return true
+        }
+    }
+
+    /// The open context whose clients' end is (dev, ino).
+    func context(dev: UInt64, ino: UInt64) -> ServedContext? {
+        lock.withLock { contexts.values.first { $0.identity.map { $0 == (dev, ino) } ?? false } }
+    }
+
+    // MARK: VFIO devices
+
+    private var vfioStorage: VFIOSubsystem?
+    private var devices: [ObjectIdentifier: ServedDevice] = [:]
+
+    /// The VFIO subsystem of the server's platform (made on the first device open). Its user
+    /// memory and descriptors are those of the process whose call is being served.
+    var vfio: VFIOSubsystem {
+        lock.withLock {
+            if let v = vfioStorage { return v }
+            if let trace = options.trace {
+                // Device DMA faults as the kernel would log them.
+                for unit in platform.units where unit.faultHandler == nil {
+                    let spec = unit.spec
+                    unit.faultHandler = { fault in trace(fault.kernelLogLine(unit: spec)) }
+                }
+            }
+            let v = VFIOSubsystem(platform: platform, host: ServerVFIOHost(server: self), user: CurrentChannelUserMemory(),
+                                  trace: options.trace)
+            vfioStorage = v
+            return v
+        }
+    }
+
+    /// VFIO_OPEN: /dev/vfio/devices/vfio<index> on `connection`. Answers on the connection;
+    /// the device file serving it, or nil (the open failed).
+    func openDevice(connection: Int32, index: UInt64, flags: UInt64) -> ServedDevice? {
+        let vfio = self.vfio
+        guard index < UInt64(vfio.devices.count) else {
+            answerFirst(on: connection, -Int64(ENOENT))
+            return nil
+        }
+        let file = vfio.openDevice(vfio.devices[Int(index)])
+        let device = ServedDevice(server: self, connection: connection, file: file)
+        lock.withLock { devices[ObjectIdentifier(device)] = device }
+        let numbers = file.deviceNumber
+        answerFirst(on: connection, 0, aux: UInt64(numbers.major) << 32 | UInt64(numbers.minor))
+        return device
+    }
+
+    /// VFIO_GROUP_OPEN: group `id` held open for a client's group file. Answers on the
+    /// connection; nil if it cannot be opened (ENOENT, EBUSY).
+    func holdGroup(connection: Int32, id: UInt64) -> VFIOGroupFile? {
+        let vfio = self.vfio
+        guard id <= UInt64(Int.max), let group = vfio.group(id: Int(id)) else {
+            answerFirst(on: connection, -Int64(ENOENT))
+            return nil
+        }
+        switch vfio.openGroup(group) {
+        case .success(let file):
+            answerFirst(on: connection, 0)
+            return file
+        case .failure(let e):
+            answerFirst(on: connection, -Int64(e.errno.rawValue))
+            return nil
+        }
+    }
+
+    /// Keeps `file` open until every client descriptor of the connection is closed, then
+    /// releases it. HELLO attaches a channel whose CLOSED makes the release synchronous with
+    /// the client's close(), as for the other files; other messages are ignored.
+    func serveGroupHold(connection: Int32, _ file: VFIOGroupFile) {
+        let hold = GroupHold(connection: connection, file: file)
+        var header = uiommu_wire_request()
+        let size = MemoryLayout<uiommu_wire_request>.size
+        while true {
+            var received: Int32 = -1
+            let n = withUnsafeMutableBytes(of: &header) { uiommu_wire_receive(connection, $0.baseAddress, size, &received) }
+            if n <= 0 && n != -Int(EMSGSIZE) { break }
+            if n == size && header.op == UInt32(UIOMMU_WIRE_HELLO.rawValue) && received >= 0 {
+                startChannel(received) { (pid, uid) throws(IOMMUError) in GroupHoldChannel(fd: received, pid: pid, uid: uid, hold: hold, server: self) }
+            } else if received >= 0 {
+                close(received)
+            }
+        }
+        hold.close()
+    }
+
+    func deviceClosed(_ device: ServedDevice) {
+        _ = lock.withLock { devices.removeValue(forKey: ObjectIdentifier(device)) }
+    }
+
+    /// Answers a connection's first message on the connection itself (only the opener holds
+    /// it yet), then queues the readiness message that keeps the client's descriptor
+    /// poll-readable (no poll method: always readable).
+    func answerFirst(on connection: Int32, _ result: Int64, aux: UInt64 = 0) {
+        var reply = uiommu_wire_reply()
+        reply.op = UInt32(UIOMMU_WIRE_REPLY.rawValue)
+        reply.result = result
+        reply.aux = aux
+        _ = withUnsafeBytes(of: &reply) { uiommu_wire_send(connection, $0.baseAddress, $0.count, nil, 0, -1) }
+        var ready = uiommu_wire_reply()
+        _ = withUnsafeBytes(of: &ready) { uiommu_wire_send(connection, $0.baseAddress, $0.count, nil, 0, -1) }
     }
 
     // MARK: Client memory
@@ -211,6 +326,8 @@ public final class IOMMUServer: @unchecked Sendable {
         let objects = open.reduce(0) { $0 + $1.file.context.objects().count }
         let pinned = platform.ledger.totalPinnedPages
         var lines = ["contexts \(open.count) open (\(lock.withLock { openedTotal }) opened), objects \(objects), pinned pages \(pinned)"]
+        let openDevices = lock.withLock { Array(devices.values) }
+        if !openDevices.isEmpty { lines.append("VFIO device files \(openDevices.count) open") }
         for context in open {
             lines.append("  iommufd #\(context.serial) (opened by pid \(context.openerPID)): \(context.file.context.objects().count) object(s)")
             for line in context.objectLines { lines.append("    \(line)") }

@@ -81,6 +81,17 @@ struct Channel {
         return channel
     }
 
+    /// Sends one request without payload and returns the reply.
+    func call(_ op: UIOMMU_WIRE_OP_TYPE, request: UInt64 = 0, argument: UInt64 = 0, value: Int64 = 0) -> uiommu_wire_reply? {
+        var r = uiommu_wire_request()
+        r.op = UInt32(op.rawValue)
+        r.request = request
+        r.argument = argument
+        r.value = value
+        guard withUnsafeBytes(of: &r, { uiommu_wire_send(fd, $0.baseAddress, $0.count, nil, 0, -1) }) == 0 else { return nil }
+        return receive()
+    }
+
     func receive() -> uiommu_wire_reply? {
         let size = MemoryLayout<uiommu_wire_reply>.size + 65536
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 16)
@@ -114,6 +125,25 @@ struct Channel {
     func destroy(_ id: UInt32) -> Int64? {
         var cmd: (UInt32, UInt32) = (8, id)
         return withUnsafeMutableBytes(of: &cmd) { ioctl(0x3b80, $0.baseAddress!, size: 8) }
+    }
+}
+
+typealias UIOMMU_WIRE_OP_TYPE = uiommu_wire_op
+
+/// Sends a connection's first message (IDENTIFY, VFIO_OPEN, VFIO_GROUP_OPEN) and returns the
+/// answer the server sends on the connection (skipping readiness messages), or nil.
+func firstExchange(_ connection: Int32, _ op: uiommu_wire_op, request: UInt64 = 0, fd: Int32 = -1) -> uiommu_wire_reply? {
+    var r = uiommu_wire_request()
+    r.op = UInt32(op.rawValue)
+    r.request = request
+    guard withUnsafeBytes(of: &r, { uiommu_wire_send(connection, $0.baseAddress, $0.count, nil, 0, fd) }) == 0 else { return nil }
+    while true {
+        var reply = uiommu_wire_reply()
+        var received: Int32 = -1
+        let n = withUnsafeMutableBytes(of: &reply) { uiommu_wire_receive(connection, $0.baseAddress, $0.count, &received) }
+        if received >= 0 { close(received) }
+        guard n == MemoryLayout<uiommu_wire_reply>.size else { return nil }
+        if reply.op == UInt32(UIOMMU_WIRE_REPLY.rawValue) { return reply }
     }
 }
 
@@ -174,6 +204,74 @@ struct ServerProtocolTests {
         close(channel.fd)
     }
 
+    @Test func vfioDeviceConnectionsRefuseMalformedCalls() throws {
+        let server = try TestServer()
+        // No such device: ENOENT, answered on the connection.
+        let missing = server.connect()
+        #expect(firstExchange(missing, UIOMMU_WIRE_VFIO_OPEN, request: 1 << 40)?.result == -Int64(ENOENT))
+        close(missing)
+        let connection = server.connect()
+        let opened = try #require(firstExchange(connection, UIOMMU_WIRE_VFIO_OPEN, request: 0))
+        #expect(opened.result == 0)
+        #expect(opened.aux >> 32 == 237)   // the vfio-dev character device major
+        var pair: [Int32] = [-1, -1]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0)
+        var hello = uiommu_wire_request()
+        hello.op = UInt32(UIOMMU_WIRE_HELLO.rawValue)
+        _ = withUnsafeBytes(of: &hello) { uiommu_wire_send(connection, $0.baseAddress, $0.count, nil, 0, pair[1]) }
+        close(pair[1])
+        let channel = Channel(fd: pair[0])
+        let greeting = try #require(channel.receive())
+        #expect(greeting.result == 0 && greeting.aux == 1)   // a VFIO device
+        // Unbound: VFIO_DEVICE_GET_INFO and region access are EINVAL, as the kernel's.
+        var info: (UInt32, UInt32, UInt32, UInt32, UInt32, UInt32) = (24, 0, 0, 0, 0, 0)
+        #expect(withUnsafeMutableBytes(of: &info) { channel.ioctl(0x3b6b, $0.baseAddress!, size: 24) } == -Int64(EINVAL))
+        #expect(channel.call(UIOMMU_WIRE_VFIO_RW, request: 0, argument: 7 << 40, value: 4)?.result == -Int64(EINVAL))
+        #expect(channel.call(UIOMMU_WIRE_VFIO_RW, request: 9, argument: 0, value: 4)?.result == -Int64(EINVAL))
+        #expect(channel.call(UIOMMU_WIRE_VFIO_RW, request: 0, argument: UInt64.max, value: 4)?.result == -Int64(EINVAL))
+        #expect(channel.call(UIOMMU_WIRE_VFIO_RW, request: 0, argument: 0, value: -1)?.result == -Int64(EINVAL))
+        #expect(channel.call(UIOMMU_WIRE_VFIO_MMAP, request: 4096, argument: 0, value: 1)?.result == -Int64(EINVAL))
+        // No mapping: no access through one, no reference to drop.
+        #expect(channel.call(UIOMMU_WIRE_VFIO_MMIO, request: 4 << 8, argument: 0)?.result == -Int64(EINVAL))
+        #expect(channel.call(UIOMMU_WIRE_VFIO_MAP_RELEASE)?.result == -Int64(EINVAL))
+        #expect(channel.call(UIOMMU_WIRE_VFIO_MAP_RETAIN)?.result == 0)
+        #expect(channel.call(UIOMMU_WIRE_VFIO_MMIO, request: 3 << 8, argument: 0)?.result == -Int64(EINVAL))   // width 3
+        #expect(channel.call(UIOMMU_WIRE_VFIO_MMIO, request: 9 | 4 << 8, argument: 0)?.result == -Int64(EINVAL))   // BAR 9
+        #expect(channel.call(UIOMMU_WIRE_VFIO_MMIO, request: 4 << 8, argument: UInt64.max - 1)?.result == -Int64(EINVAL))
+        #expect(channel.call(UIOMMU_WIRE_VFIO_MMIO, request: 4 << 8 | 1 << 20, argument: 0)?.result == -Int64(EINVAL))
+        #expect(channel.call(UIOMMU_WIRE_AUX_READ, request: 1, argument: 8)?.result == -Int64(EINVAL))
+        #expect(server.server.statusLines().contains("VFIO device files 1 open"))
+        // The connection closed with a mapping still held: the file lives until the channel ends.
+        close(connection)
+        #expect(channel.call(UIOMMU_WIRE_CLOSED)?.result == 0)
+        #expect(server.server.statusLines().contains("VFIO device files 1 open"))
+        close(channel.fd)
+        var gone = false
+        for _ in 0..<200 where !gone {
+            gone = !server.server.statusLines().contains { $0.hasPrefix("VFIO device files") }
+            if !gone { usleep(10_000) }
+        }
+        #expect(gone)
+        // Group holds: an unknown group is ENOENT; the same group twice is EBUSY.
+        let g0 = server.connect()
+        #expect(firstExchange(g0, UIOMMU_WIRE_VFIO_GROUP_OPEN, request: UInt64.max)?.result == -Int64(ENOENT))
+        close(g0)
+        #expect(server.settledStatus().hasPrefix("contexts 0 open (0 opened)"))
+    }
+
+    @Test func identifyRecordsTheClientEndOnce() throws {
+        let server = try TestServer()
+        let connection = server.connect()
+        #expect(firstExchange(connection, UIOMMU_WIRE_IDENTIFY, fd: connection)?.result == 0)
+        // Another context cannot claim the same identity; a non-socket is refused.
+        let other = server.connect()
+        #expect(firstExchange(other, UIOMMU_WIRE_IDENTIFY, fd: connection)?.result == -Int64(EINVAL))
+        let third = server.connect()
+        #expect(firstExchange(third, UIOMMU_WIRE_IDENTIFY, fd: 2)?.result ?? 0 <= 0)
+        close(third); close(other); close(connection)
+        #expect(server.settledStatus().hasPrefix("contexts 0 open"))
+    }
+
     /// Random messages on connections and channels: random ops, lengths, values, descriptors,
     /// truncated and oversized datagrams, channels closed mid-call. The server must keep
     /// serving a well-behaved client throughout and end with nothing left.
@@ -189,6 +287,12 @@ struct ServerProtocolTests {
         var payload = [UInt8](repeating: 0, count: 9000)
         for round in 0..<60 {
             let connection = server.connect()
+            // Every third connection is a VFIO device file, every seventh a group hold.
+            if round % 3 == 1 {
+                _ = firstExchange(connection, UIOMMU_WIRE_VFIO_OPEN, request: UInt64.random(in: 0...4, using: &rng))
+            } else if round % 7 == 2 {
+                _ = firstExchange(connection, UIOMMU_WIRE_VFIO_GROUP_OPEN, request: UInt64.random(in: 0...40, using: &rng))
+            }
             var channels: [Channel] = []
             for _ in 0..<Int.random(in: 0...2, using: &rng) {
                 if let c = Channel.open(on: connection) { channels.append(c) }
@@ -197,9 +301,10 @@ struct ServerProtocolTests {
                 let length = Int.random(in: 0...payload.count, using: &rng)
                 for i in 0..<min(length, 256) { payload[i] = UInt8.random(in: 0...255, using: &rng) }
                 var header = uiommu_wire_request()
-                header.op = [0, 1, 2, 16, 17, 18, 19, 20, 21, 22, 64, 65, 0xffff_ffff][Int.random(in: 0..<13, using: &rng)]
+                header.op = [0, 1, 2, 3, 4, 5, 16, 17, 18, 19, 20, 21, 22, 32, 33, 34, 35, 36, 64, 65, 0xffff_ffff][Int.random(in: 0..<21, using: &rng)]
                 header.length = Bool.random(using: &rng) ? UInt32(length) : UInt32.random(in: 0...UInt32.max, using: &rng)
-                header.request = [0x3b80, 0x3b81, 0x3b84, 0x3b85, 0x3b87, 0x3ba0, 0x3b64, UInt64.random(in: 0...UInt64.max, using: &rng)][Int.random(in: 0..<8, using: &rng)]
+                header.request = [0x3b80, 0x3b81, 0x3b84, 0x3b85, 0x3b87, 0x3ba0, 0x3b64, 0x3b6b, 0x3b6c, 0x3b6e, 0x3b76,
+                                  0x400, 0x10800, UInt64.random(in: 0...UInt64.max, using: &rng)][Int.random(in: 0..<14, using: &rng)]
                 header.argument = [0, 1, UInt64(UInt(bitPattern: scratch)), UInt64(UInt(bitPattern: scratch)) + 4096 - 8, 0xffff_ffff_ffff_f000][Int.random(in: 0..<5, using: &rng)]
                 header.value = Int64.random(in: Int64.min...Int64.max, using: &rng)
                 for i in 0..<min(64, 8192) { scratch.storeBytes(of: UInt8.random(in: 0...255, using: &rng), toByteOffset: i, as: UInt8.self) }
@@ -225,5 +330,11 @@ struct ServerProtocolTests {
         close(goodChannel.fd)
         close(good)
         #expect(server.settledStatus().hasPrefix("contexts 0 open"))
+        var devicesGone = false
+        for _ in 0..<200 where !devicesGone {
+            devicesGone = !server.server.statusLines().contains { $0.hasPrefix("VFIO device files") }
+            if !devicesGone { usleep(10_000) }
+        }
+        #expect(devicesGone)
     }
 }

@@ -6,8 +6,8 @@
 #   -v         print every test line (default: a summary per binary, details of failures)
 #   --kernel   run the binaries directly, against the running kernel's /dev/iommu (the same
 #              tests must pass there: they use no project header and no emulator hook)
-#   --shared   run them all with the iommufd served by a server (`uiommufd run --shared`):
-#              the same tests must pass there too (except the VFIO cdev ones, see below)
+#   --shared   run them all with the iommufd and the VFIO cdevs served by a server
+#              (`uiommufd run --shared`): the same tests must pass there too
 #
 # Binaries go to .build-conformance/ (cc -O2 -Wall -Werror -pthread; t_fd and t_passthrough also
 # with -D_FILE_OFFSET_BITS=64 -D_FORTIFY_SOURCE=2). uiommufd is .build/debug/uiommufd (build it
@@ -63,9 +63,6 @@ for name in "${binaries[@]}"; do
   if [ $kernel = 1 ]; then
     cmd=("$out/$name")
   elif [ $shared = 1 ]; then
-    # VFIO device files stay in the client process in --shared mode, so a VFIO cdev cannot
-    # bind to the served iommufd yet: t_vfio_dev and t_edu's cdev mode are in-process only.
-    case $name in t_vfio_dev|t_edu) continue ;; esac
     cmd=("$uiommufd" run --shared --selftest-ops -- "$out/$name")
   elif [ "$name" = t_shared ]; then
     # Several processes share one iommufd: the state lives in a server (--shared), the mock

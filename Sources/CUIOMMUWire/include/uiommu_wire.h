@@ -22,6 +22,14 @@
  *   server → client   struct uiommu_wire_reply, then `length` payload bytes
  * While a request is served the server may call back (CB_* replies) and the client answers
  * each with a CALLBACK_RESULT request before the final REPLY arrives.
+ *
+ * A connection serves one file: an iommufd context (the default, as it is made when the server
+ * accepts the connection), or — when its first message is VFIO_OPEN — a VFIO device file
+ * (/dev/vfio/devices/vfioN) of the server's platform, so that VFIO_DEVICE_BIND_IOMMUFD can name
+ * a served iommufd. The two first messages, IDENTIFY and VFIO_OPEN, are answered on the
+ * connection itself: only the opener holds it then. The server then queues one more readiness
+ * message (op 0), which keeps the descriptor poll-readable as the kernel's files without a poll
+ * method are.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -37,6 +45,19 @@ enum uiommu_wire_op {
     /* On a connection, as its first message: report the server's state (for tools and tests);
      * the reply comes back on the connection itself. */
     UIOMMU_WIRE_STATUS = 2,
+    /* On an iommufd connection, as its first message: the connection's own client end travels
+     * as SCM_RIGHTS, so the server knows its (st_dev, st_ino) and can tell which context a
+     * descriptor names when a VFIO device is bound to it (the first claim of an identity wins). */
+    UIOMMU_WIRE_IDENTIFY = 3,
+    /* On a fresh connection, as its first message: this connection is an open of
+     * /dev/vfio/devices/vfio<request> with open flags `argument`. Reply: 0 (aux = major << 32 |
+     * minor of the character device) or -errno. */
+    UIOMMU_WIRE_VFIO_OPEN = 4,
+    /* On a fresh connection, as its first message: hold VFIO group `request` open in the
+     * server while the connection lives. Group files stay in the client process; this only
+     * makes a group file and the served device cdevs of its devices exclude each other
+     * (EBUSY), as on Linux. Reply: 0 or -errno. */
+    UIOMMU_WIRE_VFIO_GROUP_OPEN = 5,
 
     /* On a channel. */
     UIOMMU_WIRE_IOCTL = 16,          /* request = ioctl number, argument = raw third argument,
@@ -49,6 +70,21 @@ enum uiommu_wire_op {
     UIOMMU_WIRE_EXITING = 21,        /* this process is exiting: keep its pinned pages */
     UIOMMU_WIRE_CALLBACK_RESULT = 22,/* value = the answer (fd number or -errno); for
                                         CB_GET_FD the descriptor travels as SCM_RIGHTS */
+
+    /* On a channel of a VFIO device connection (IOCTL, CLOSED and EXITING work as above). */
+    UIOMMU_WIRE_VFIO_RW = 32,        /* request = 1 write / 0 read, argument = file offset,
+                                        value = count (read; at most UIOMMU_WIRE_PAYLOAD_MAX),
+                                        payload = the bytes (write). Reply: bytes done or -errno,
+                                        payload = the bytes read */
+    UIOMMU_WIRE_VFIO_MMAP = 33,      /* request = length, argument = file offset, value = 1 for
+                                        MAP_SHARED: vfio_pci_core_mmap's checks. Reply: the BAR
+                                        (>= 0) or -errno, aux = offset in the BAR */
+    UIOMMU_WIRE_VFIO_MMIO = 34,      /* request = bar | width << 8 | write << 16, argument =
+                                        offset in the BAR, value = the value stored. Reply:
+                                        0, aux = the value loaded */
+    UIOMMU_WIRE_VFIO_MAP_RETAIN = 35,/* a BAR mapping (piece) now holds the device file, as the
+                                        kernel's vma does */
+    UIOMMU_WIRE_VFIO_MAP_RELEASE = 36,/* ... and no longer does */
 
     /* Server → client. */
     UIOMMU_WIRE_REPLY = 64,          /* result = return value or -errno */
@@ -70,7 +106,8 @@ struct uiommu_wire_reply {
     uint32_t op;
     uint32_t length;      /* payload bytes after this header */
     int64_t result;
-    uint64_t aux;         /* CB_INSTALL_FD: the auxiliary file's id; AUX_READ: 1 if still readable */
+    uint64_t aux;         /* CB_INSTALL_FD: the auxiliary file's id; AUX_READ: 1 if still readable;
+                             HELLO: 1 if the connection is a VFIO device (see above for others) */
     uint64_t reserved;
 };
 
