@@ -71,22 +71,21 @@ final class ServedContext: @unchecked Sendable {
     /// end, VFIO_OPEN as the first message hands the connection to a VFIO device file, anything
     /// else is ignored.
     func serveConnection() {
-        var header = uiommu_wire_request()
-        let size = MemoryLayout<uiommu_wire_request>.size
         var first = true
-        while true {
-            var received: Int32 = -1
-            let n = withUnsafeMutableBytes(of: &header) { uiommu_wire_receive(connection, $0.baseAddress, size, &received) }
-            if n <= 0 && n != -Int(EMSGSIZE) { break }
+        let ended = readConnection(connection) { message, received in
             defer { first = false }
-            if n == size && header.op == UInt32(UIOMMU_WIRE_HELLO.rawValue) && received >= 0 {
+            guard let header = message else {
+                if received >= 0 { close(received) }
+                return true
+            }
+            if header.op == UInt32(UIOMMU_WIRE_HELLO.rawValue) && received >= 0 {
                 attachChannel(received)
-            } else if n == size && header.op == UInt32(UIOMMU_WIRE_STATUS.rawValue) {
+            } else if header.op == UInt32(UIOMMU_WIRE_STATUS.rawValue) {
                 if received >= 0 { close(received) }
                 server.sendStatus(on: connection)
-            } else if n == size && first && header.op == UInt32(UIOMMU_WIRE_IDENTIFY.rawValue) {
+            } else if first && header.op == UInt32(UIOMMU_WIRE_IDENTIFY.rawValue) {
                 identify(received)
-            } else if n == size && first && header.op == UInt32(UIOMMU_WIRE_VFIO_OPEN.rawValue) {
+            } else if first && header.op == UInt32(UIOMMU_WIRE_VFIO_OPEN.rawValue) {
                 if received >= 0 { close(received) }
                 // The server could not know at accept which file the connection opens; the
                 // context made then has no objects and goes away unseen.
@@ -96,19 +95,20 @@ final class ServedContext: @unchecked Sendable {
                 if device != nil { lock.withLock { ownsConnection = false } }
                 closeConnection(handedOff: true)
                 device?.serveConnection()
-                return
-            } else if n == size && first && header.op == UInt32(UIOMMU_WIRE_VFIO_GROUP_OPEN.rawValue) {
+                return false
+            } else if first && header.op == UInt32(UIOMMU_WIRE_VFIO_GROUP_OPEN.rawValue) {
                 if received >= 0 { close(received) }
                 let group = server.holdGroup(connection: connection, id: header.request)
                 if group != nil { lock.withLock { ownsConnection = false } }
                 closeConnection(handedOff: true)
                 if let group { server.serveGroupHold(connection: connection, group) }
-                return
+                return false
             } else if received >= 0 {
                 close(received)
             }
+            return true
         }
-        closeConnection()
+        if ended { closeConnection() }
     }
 
     private func identify(_ received: Int32) {

@@ -39,17 +39,13 @@ final class ServedDevice: @unchecked Sendable {
     /// Reads the connection until every client descriptor of it is closed: HELLO attaches a
     /// channel; anything else is ignored.
     func serveConnection() {
-        var header = uiommu_wire_request()
-        let size = MemoryLayout<uiommu_wire_request>.size
-        while true {
-            var received: Int32 = -1
-            let n = withUnsafeMutableBytes(of: &header) { uiommu_wire_receive(connection, $0.baseAddress, size, &received) }
-            if n <= 0 && n != -Int(EMSGSIZE) { break }
-            if n == size && header.op == UInt32(UIOMMU_WIRE_HELLO.rawValue) && received >= 0 {
+        readConnection(connection) { header, received in
+            if header?.op == UInt32(UIOMMU_WIRE_HELLO.rawValue) && received >= 0 {
                 startChannel(received) { (pid, uid) throws(IOMMUError) in DeviceChannel(fd: received, pid: pid, uid: uid, device: self) }
             } else if received >= 0 {
                 close(received)
             }
+            return true
         }
         closeConnection()
     }

@@ -267,17 +267,13 @@ public final class IOMMUServer: @unchecked Sendable {
     /// the client's close(), as for the other files; other messages are ignored.
     func serveGroupHold(connection: Int32, _ file: VFIOGroupFile) {
         let hold = GroupHold(connection: connection, file: file)
-        var header = uiommu_wire_request()
-        let size = MemoryLayout<uiommu_wire_request>.size
-        while true {
-            var received: Int32 = -1
-            let n = withUnsafeMutableBytes(of: &header) { uiommu_wire_receive(connection, $0.baseAddress, size, &received) }
-            if n <= 0 && n != -Int(EMSGSIZE) { break }
-            if n == size && header.op == UInt32(UIOMMU_WIRE_HELLO.rawValue) && received >= 0 {
+        readConnection(connection) { header, received in
+            if header?.op == UInt32(UIOMMU_WIRE_HELLO.rawValue) && received >= 0 {
                 startChannel(received) { (pid, uid) throws(IOMMUError) in GroupHoldChannel(fd: received, pid: pid, uid: uid, hold: hold, server: self) }
             } else if received >= 0 {
                 close(received)
             }
+            return true
         }
         hold.close()
     }
@@ -345,6 +341,22 @@ public final class IOMMUServer: @unchecked Sendable {
         _ = withUnsafeBytes(of: &reply) { h in
             bytes.withUnsafeMutableBytes { uiommu_wire_send(connection, h.baseAddress, h.count, $0.baseAddress, $0.count, -1) }
         }
+    }
+}
+
+/// Reads a connection until every client descriptor of it is closed (end of stream). Each
+/// message goes to `handle` with the descriptor it carried (-1 if none), which `handle` now
+/// owns; a message that is not exactly one request header comes as nil. `handle` returns false
+/// when it handed the connection on; the result says whether the stream ended.
+@discardableResult
+func readConnection(_ connection: Int32, _ handle: (uiommu_wire_request?, Int32) -> Bool) -> Bool {
+    var header = uiommu_wire_request()
+    let size = MemoryLayout<uiommu_wire_request>.size
+    while true {
+        var received: Int32 = -1
+        let n = withUnsafeMutableBytes(of: &header) { uiommu_wire_receive(connection, $0.baseAddress, size, &received) }
+        if n <= 0 && n != -Int(EMSGSIZE) { return true }
+        if !handle(n == size ? header : nil, received) { return false }
     }
 }
 
